@@ -1,0 +1,270 @@
+"""FlowRouter configuration: pydantic models with described fields, loaded from one YAML file.
+
+Relative paths in a config file are resolved against the file's own folder, so a config and the
+data it names travel together. `configs/default.yaml` is the canonical, commented example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.paths import DEFAULT_CONFIG
+
+NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+DIMENSIONS = ("relevance", "coverage", "accuracy", "coherence", "conciseness")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSpec(_Strict):
+    """A named model: base weights, optional LoRA adapter, prompt format and knowledge scope."""
+
+    name: str = Field(description="Unique slug naming this model (also the expert name in maps and APIs).",
+                      pattern=NAME_RE)
+    base: str = Field(description="Embedded model name (smollm2-135m-instruct, gemma3-270m) or a local "
+                                  "folder with transformers weights.")
+    adapter: str | None = Field(default=None, description="Optional folder of a peft LoRA adapter applied "
+                                                          "on top of the base weights.")
+    engine: Literal["transformers", "vllm"] = Field(default="transformers",
+                                                   description="Runtime behind the engine interface: "
+                                                   "transformers (CPU default) or vllm (GPU clusters).")
+    prompt_format: Literal["auto", "chat", "completion"] = Field(
+        default="auto", description="chat uses the tokenizer's chat template; completion frames prompts "
+                                    "as plain text for base models; auto picks chat when a template exists.")
+    system_prompt: str = Field(default="You are a senior site reliability engineer. You write short, "
+                                       "concrete troubleshooting steps for incident tickets.",
+                               description="System part of the prompt template used by this model's role.")
+    knowledge_scope: list[str] = Field(default_factory=list,
+                                       description="Knowledge-base tags (tasks or document tags) this expert "
+                                                   "retrieves from; empty means the whole base.")
+    description: str = Field(default="", description="What this expert is good at, shown in the map and UI.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32",
+                                                             description="Weights dtype (float32 on CPU).")
+    threads: int = Field(default=1, ge=1, le=64, description="torch threads per replica (1 on small CPUs: "
+                                                             "oversubscribed cores collapse matmul speed).")
+    replicas: int = Field(default=1, ge=1, le=64, description="Ray Serve replicas of this model's deployment.")
+    num_cpus: float = Field(default=0.5, ge=0, description="Ray CPUs reserved per replica.")
+    num_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per replica (vLLM/transformers on GPU).")
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="Largest dynamic batch per replica.")
+    batch_wait_timeout_s: float = Field(default=0.02, ge=0, le=5,
+                                        description="How long a replica waits to fill a batch.")
+    vllm_options: dict = Field(default_factory=dict, description="Extra vllm.LLM keyword arguments "
+                                                                 "(engine=vllm only).")
+
+    def fingerprint(self) -> str:
+        """Version key of what this model answers with: weights + adapter + prompt."""
+        adapter_id = ""
+        if self.adapter:
+            meta = Path(self.adapter) / "adapter_model.safetensors"
+            adapter_id = f"{self.adapter}:{meta.stat().st_size if meta.exists() else 'missing'}"
+        blob = json.dumps([self.base, adapter_id, self.prompt_format, self.system_prompt,
+                           sorted(self.knowledge_scope)])
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class CascadeConfig(_Strict):
+    """When retrieval alone may decide the task, skipping the LLM call."""
+
+    enabled: bool = Field(default=True, description="Skip the LLM when retrieved neighbours agree strongly.")
+    min_agreement: float = Field(default=0.75, ge=0, le=1,
+                                 description="Share of similarity-weighted neighbour votes the top task needs.")
+    min_similarity: float = Field(default=0.55, ge=-1, le=1,
+                                  description="Similarity of the nearest labeled example the decision needs.")
+
+
+class ClassifierConfig(_Strict):
+    """RAG task classifier: dense + lexical retrieval over labeled queries, then an LLM (CoE-Ops Prompt 3)."""
+
+    model: ModelSpec = Field(description="LLM that picks the task label.")
+    top_k: int = Field(default=8, ge=1, le=64, description="Labeled neighbours retrieved per ticket.")
+    prompt_examples: int = Field(default=5, ge=0, le=32, description="Neighbours shown to the LLM.")
+    lexical_weight: float = Field(default=0.5, ge=0, le=1, description="Weight of character n-gram "
+                                  "retrieval against MiniLM embeddings (MiniLM is weak on non-English text).")
+    llm_weight: float = Field(default=0.5, ge=0, le=1,
+                              description="Weight of the LLM distribution against the retrieval vote.")
+    unknown_threshold: float = Field(default=0.3, ge=0, le=1,
+                                     description="Below this combined confidence the answer is `unknown`.")
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="Retrieval-only shortcut.")
+
+
+class ScorerConfig(_Strict):
+    """Five-dimension workflow judge using expected values of score-token probabilities."""
+
+    model: ModelSpec = Field(description="Judge model.")
+    dimensions: list[str] = Field(default=list(DIMENSIONS), description="Dimensions scored 1-5 (FlowXpert).")
+
+    @field_validator("dimensions")
+    @classmethod
+    def _known_dims(cls, v):
+        unknown = set(v) - set(DIMENSIONS)
+        if unknown or not v:
+            raise ValueError(f"dimensions must be a non-empty subset of {DIMENSIONS}, got {sorted(unknown)}")
+        return v
+
+
+class PlannerConfig(_Strict):
+    """How every expert writes candidates."""
+
+    candidates: int = Field(default=4, ge=1, le=16, description="N in best-of-N.")
+    max_new_tokens: int = Field(default=160, ge=16, le=2048, description="Token budget per candidate.")
+    temperature: float = Field(default=0.8, ge=0, le=2, description="Sampling temperature for N > 1.")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    repetition_penalty: float = Field(default=1.15, ge=1, le=2, description="Discourages step loops.")
+    max_steps: int = Field(default=10, ge=2, le=30, description="Longest workflow kept after parsing.")
+    context_chunks: int = Field(default=3, ge=0, le=20, description="Knowledge chunks put in the prompt.")
+    context_nodes: int = Field(default=2, ge=0, le=20, description="Incident nodes put in the prompt.")
+
+
+class KnowledgeConfig(_Strict):
+    """Operation documents the planners are grounded in."""
+
+    docs: list[str] = Field(default_factory=list, description="Folders of Markdown/text operation documents.")
+    directory: str | None = Field(default=None, description="Where the built base lives (default: cache).")
+    chunk_chars: int = Field(default=900, ge=200, le=8000, description="Target characters per chunk.")
+
+
+class TaskSetConfig(_Strict):
+    """The tasks the classifier chooses from and its labeled example queries."""
+
+    tasks: str = Field(description="YAML file listing tasks (name, description).")
+    examples: list[str] = Field(description="Labeled query files (JSONL/CSV with text and task columns).")
+
+
+class ServeConfig(_Strict):
+    """HTTP front door and local Ray."""
+
+    host: str = Field(default="127.0.0.1", description="Listen address (loopback unless you add auth).")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    app_name: str = Field(default="flowrouter", description="Ray Serve application name.")
+    max_ongoing_requests: int = Field(default=64, ge=1, description="Concurrent requests per ingress replica.")
+    max_queued_requests: int = Field(default=256, ge=-1, description="Waiting requests before 503 (-1: none).")
+    ingress_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
+    max_ticket_chars: int = Field(default=8000, ge=100, description="Longest title+description accepted.")
+    max_batch_tickets: int = Field(default=32, ge=1, description="Largest /v1/tickets/batch.")
+    ray_num_cpus: int | None = Field(default=None, description="Logical CPUs for a local Ray (None: "
+                                                               "enough for every replica).")
+    state_dir: str | None = Field(default=None, description="Maps, logs and feedback (default: cache).")
+    request_timeout_s: float = Field(default=600, gt=0, description="Longest a ticket may take end to end.")
+
+
+class FlowRouterConfig(_Strict):
+    """The whole service: tasks, models per role, and how they are served."""
+
+    tasks: TaskSetConfig = Field(description="Task set and labeled queries.")
+    classifier: ClassifierConfig = Field(description="Stage 1.")
+    map: str = Field(description="Initial task->expert map (YAML), used until one is published.")
+    experts: list[ModelSpec] = Field(min_length=1, description="Planner experts (stage 3), one deployment each.")
+    planner: PlannerConfig = Field(default_factory=PlannerConfig, description="Candidate generation.")
+    scorer: ScorerConfig = Field(description="Stage 4.")
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig, description="Knowledge base.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving.")
+    source: str | None = Field(default=None, exclude=True, description="File this config was read from.")
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [e.name for e in self.experts]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"expert names must be unique, repeated: {sorted(dup)}")
+        if "flowrouter" in names:
+            raise ValueError("'flowrouter' is reserved for automatic routing in the OpenAI API")
+        return self
+
+    def expert(self, name: str) -> ModelSpec:
+        for e in self.experts:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+
+class ConfigError(ValueError):
+    """A config file is missing, is not YAML, or fails validation."""
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    tasks = raw.get("tasks") or {}
+    if isinstance(tasks, dict):
+        if "tasks" in tasks:
+            tasks["tasks"] = _resolve(base, tasks["tasks"])
+        if isinstance(tasks.get("examples"), list):
+            tasks["examples"] = [_resolve(base, x) for x in tasks["examples"]]
+    if isinstance(raw.get("map"), str):
+        raw["map"] = _resolve(base, raw["map"])
+    kn = raw.get("knowledge") or {}
+    if isinstance(kn, dict):
+        if isinstance(kn.get("docs"), list):
+            kn["docs"] = [_resolve(base, x) for x in kn["docs"]]
+        if kn.get("directory"):
+            kn["directory"] = _resolve(base, kn["directory"])
+    specs = list(raw.get("experts") or [])
+    for role in ("classifier", "scorer"):
+        if isinstance(raw.get(role), dict) and isinstance(raw[role].get("model"), dict):
+            specs.append(raw[role]["model"])
+    for spec in specs:
+        if isinstance(spec, dict):
+            if spec.get("adapter"):
+                spec["adapter"] = _resolve(base, spec["adapter"])
+            b = spec.get("base")
+            if isinstance(b, str) and ("/" in b or b.startswith(".")):
+                spec["base"] = _resolve(base, b)
+    if isinstance(raw.get("serve"), dict) and raw["serve"].get("state_dir"):
+        raw["serve"]["state_dir"] = _resolve(base, raw["serve"]["state_dir"])
+    return raw
+
+
+def load_config(path: str | Path | None = None) -> FlowRouterConfig:
+    """Read and validate a config file; errors name the file and the offending field."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    raw = _resolve_paths(raw, path.resolve().parent)
+    try:
+        cfg = FlowRouterConfig.model_validate(raw)
+    except Exception as exc:  # pydantic.ValidationError: keep its field-by-field message
+        raise ConfigError(f"{path} is invalid:\n{exc}") from exc
+    cfg.source = str(path.resolve())
+    return cfg
+
+
+def load_model_spec(path: str | Path) -> ModelSpec:
+    """Read one model spec (YAML mapping), as `leaderboard add-model` takes it."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"model spec not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping")
+    raw = _resolve_paths({"experts": [raw]}, path.resolve().parent)["experts"][0]
+    try:
+        return ModelSpec.model_validate(raw)
+    except Exception as exc:
+        raise ConfigError(f"{path} is invalid:\n{exc}") from exc
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-")[:62] or "x"

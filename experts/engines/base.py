@@ -1,0 +1,67 @@
+"""The one interface every model role uses, whatever runs the weights (transformers, vLLM)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to decode. `n` samples per prompt; temperature 0 means greedy (then n must be 1)."""
+
+    n: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError("n must be >= 1")
+        if self.temperature <= 0 and self.n > 1:
+            raise ValueError("n > 1 needs temperature > 0 (greedy samples would be identical)")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+
+
+@dataclass
+class Generation:
+    """One prompt's samples, with the number of tokens each took (for throughput accounting)."""
+
+    texts: list[str]
+    tokens: list[int] = field(default_factory=list)
+
+
+class Engine(ABC):
+    """Batched text operations over one loaded model (optionally with a LoRA adapter)."""
+
+    name: str
+
+    @abstractmethod
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        """For each prompt, `params.n` continuations (stop strings removed)."""
+
+    @abstractmethod
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
+        """Sum of log-probabilities of each continuation given its context."""
+
+    @abstractmethod
+    def label_probs(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
+        """For each prompt, a distribution over `labels` as the next text (sums to 1).
+
+        Single-token labels are exactly next-token probabilities renormalised over the set;
+        multi-token labels use the full continuation likelihood.
+        """
+
+    @abstractmethod
+    def format_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
+        """Render a system+user message in the model's own prompt format (chat template or plain)."""
+
+    def count_tokens(self, text: str) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the model (engines that own processes or devices override this)."""

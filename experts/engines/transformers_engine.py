@@ -1,0 +1,278 @@
+"""Engine on Hugging Face transformers: the CPU default, and a GPU fallback where vLLM is absent."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import torch
+
+from experts.engines.base import Engine, Generation, SamplingParams
+
+log = logging.getLogger(__name__)
+
+# Prompts sharing at least this many leading tokens are run as one prefix plus short suffixes.
+_MIN_SHARED_PREFIX = 16
+# Upper bound on tokens per forward batch (rows x length) so memory stays flat on long inputs.
+_MAX_BATCH_TOKENS = 16384
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TransformersEngine(Engine):
+    """A causal LM (optionally with a peft LoRA adapter) on CPU or one GPU."""
+
+    def __init__(
+        self,
+        weights: str | Path,
+        *,
+        name: str = "model",
+        adapter: str | Path | None = None,
+        chat: bool = True,
+        threads: int | None = 1,
+        device: str | None = None,
+        dtype: str = "float32",
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            # More threads than free cores collapses matmul throughput on a shared CPU.
+            torch.set_num_threads(threads)
+        self.name = name
+        self.chat = chat
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(weights)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=getattr(torch, dtype))
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter))
+            model = model.merge_and_unload()  # serving needs no adapter switching per replica
+        self.model = model.to(self.device).eval()
+        self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
+        # generate() is not re-entrant on one module; Serve may call from several threads.
+        self._lock = threading.Lock()
+
+    # ---- prompts -------------------------------------------------------------------------
+    def format_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
+        if self.chat and self.has_chat_template:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return text + assistant_prefix
+        # Base models: plain completion framing.
+        head = f"{system}\n\n" if system else ""
+        return f"{head}{user}\n{assistant_prefix}"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _encode_prompt(self, text: str) -> list[int]:
+        ids = self._encode(text)
+        bos = self.tokenizer.bos_token_id
+        # Chat templates already carry their own start tokens; base models expect BOS.
+        if bos is not None and not (self.chat and self.has_chat_template) and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    # ---- generation ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        if not prompts:
+            return []
+        tok = self.tokenizer
+        encoded = [self._encode_prompt(p) for p in prompts]
+        width = max(len(e) for e in encoded)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=self.device)
+        attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=self.device)
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=params.n,
+            repetition_penalty=params.repetition_penalty,
+            pad_token_id=pad,
+        )
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+        with self._lock:
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        new = out[:, width:]
+        results: list[Generation] = []
+        for i in range(len(prompts)):
+            texts, counts = [], []
+            for j in range(params.n):
+                row = new[i * params.n + j].tolist()
+                row = [t for t in row if t != pad] if pad != tok.eos_token_id else _cut_eos(row, tok.eos_token_id)
+                text = tok.decode(row, skip_special_tokens=True)
+                texts.append(_cut_stop(text, params.stop))
+                counts.append(len(row))
+            results.append(Generation(texts=texts, tokens=counts))
+        return results
+
+    # ---- scoring -------------------------------------------------------------------------
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
+        seqs, starts = [], []
+        for context, continuation in requests:
+            if not continuation:
+                raise ValueError("continuation must be non-empty")
+            # Whitespace belongs to the continuation, as BPE vocabularies attach it to the next word.
+            stripped = context.rstrip(" ")
+            continuation = context[len(stripped):] + continuation
+            ctx = self._encode_prompt(stripped)
+            full = self._encode_prompt(stripped + continuation)
+            split = _lcp(ctx, full)
+            if split == len(full):
+                split = len(full) - 1
+            seqs.append(full)
+            starts.append(max(split, 1))
+        positions = [list(range(s - 1, len(q) - 1)) for q, s in zip(seqs, starts)]
+        rows = self._logprobs_at(seqs, positions)
+        return [
+            float(sum(r[k, q[p + 1]].item() for k, p in enumerate(pos)))
+            for r, q, pos in zip(rows, seqs, positions)
+        ]
+
+    def label_probs(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
+        if not labels:
+            raise ValueError("labels must be non-empty")
+        if not prompts:
+            return []
+        single = self._single_token_ids(prompts[0], labels)
+        if single is not None:
+            seqs = [self._encode_prompt(p) for p in prompts]
+            rows = self._logprobs_at(seqs, [[len(s) - 1] for s in seqs])
+            ids = torch.tensor(single)
+            out = []
+            for r in rows:
+                dist = torch.softmax(r[0, ids].float(), dim=0).tolist()
+                out.append(dict(zip(labels, dist)))
+            return out
+        flat = self.loglikelihood([(p, lab) for p in prompts for lab in labels])
+        out = []
+        for i in range(len(prompts)):
+            scores = torch.tensor(flat[i * len(labels) : (i + 1) * len(labels)])
+            out.append(dict(zip(labels, torch.softmax(scores, dim=0).tolist())))
+        return out
+
+    def _single_token_ids(self, prompt: str, labels: list[str]) -> list[int] | None:
+        base = self._encode_prompt(prompt)
+        ids = []
+        for lab in labels:
+            full = self._encode_prompt(prompt + lab)
+            if len(full) != len(base) + 1 or full[: len(base)] != base:
+                return None
+            ids.append(full[-1])
+        return ids if len(set(ids)) == len(ids) else None
+
+    @torch.inference_mode()
+    def _logprobs_at(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
+        """Log-softmax rows [len(positions[i]), vocab] at the requested positions of each sequence.
+
+        Sequences with a long common prefix (the five Scorer questions about one workflow, the
+        labels after one classifier prompt) run the prefix once and share its KV cache.
+        """
+        results: list[torch.Tensor | None] = [None] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and _lcp(seqs[groups[-1][0]], seqs[i]) >= _MIN_SHARED_PREFIX:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        singles = [g[0] for g in groups if len(g) == 1]
+        for g in groups:
+            if len(g) == 1:
+                continue
+            shared = min(_lcp(seqs[g[0]], seqs[j]) for j in g[1:])
+            shared = min(shared, min(min(positions[j]) for j in g))
+            if shared < _MIN_SHARED_PREFIX:
+                singles.extend(g)
+                continue
+            self._run_with_prefix(g, seqs, positions, shared, results)
+        for chunk in _chunks(singles, [len(seqs[i]) for i in singles]):
+            self._run_plain(chunk, seqs, positions, results)
+        return results  # type: ignore[return-value]
+
+    def _run_plain(self, idx, seqs, positions, results):
+        width = max(len(seqs[i]) for i in idx)
+        pad = self.tokenizer.pad_token_id
+        # Right padding: causal attention keeps real tokens' logits independent of the padding.
+        ids = torch.tensor([seqs[i] + [pad] * (width - len(seqs[i])) for i in idx], device=self.device)
+        mask = torch.tensor([[1] * len(seqs[i]) + [0] * (width - len(seqs[i])) for i in idx], device=self.device)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        for row, i in enumerate(idx):
+            results[i] = torch.log_softmax(logits[row, positions[i]].float(), dim=-1).cpu()
+
+    def _run_with_prefix(self, idx, seqs, positions, shared, results):
+        prefix = torch.tensor([seqs[idx[0]][:shared]], device=self.device)
+        out = self.model(input_ids=prefix, use_cache=True)
+        base_cache = out.past_key_values
+        pad = self.tokenizer.pad_token_id
+        lengths = [len(seqs[i]) - shared for i in idx]
+        for chunk in _chunks(list(range(len(idx))), [lengths[k] + shared for k in range(len(idx))]):
+            members = [idx[k] for k in chunk]
+            cache = _copy_cache(base_cache)
+            cache.batch_repeat_interleave(len(members))
+            width = max(len(seqs[i]) - shared for i in members)
+            suffix = [seqs[i][shared:] for i in members]
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in suffix], device=self.device)
+            mask = torch.tensor(
+                [[1] * shared + [1] * len(s) + [0] * (width - len(s)) for s in suffix], device=self.device
+            )
+            pos_ids = torch.arange(shared, shared + width, device=self.device).unsqueeze(0).expand(len(members), -1)
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos_ids, past_key_values=cache, use_cache=True
+            ).logits
+            for row, i in enumerate(members):
+                rel = [p - shared for p in positions[i]]
+                results[i] = torch.log_softmax(logits[row, rel].float(), dim=-1).cpu()
+
+
+def _copy_cache(cache):
+    import copy
+
+    return copy.deepcopy(cache)
+
+
+def _chunks(items: list[int], lengths: list[int]):
+    """Split items into batches whose padded size stays under the token budget."""
+    batch: list[int] = []
+    longest = 0
+    for item, n in zip(items, lengths):
+        if batch and max(longest, n) * (len(batch) + 1) > _MAX_BATCH_TOKENS:
+            yield batch
+            batch, longest = [], 0
+        batch.append(item)
+        longest = max(longest, n)
+    if batch:
+        yield batch
+
+
+def _cut_eos(row: list[int], eos: int) -> list[int]:
+    return row[: row.index(eos)] if eos in row else row
+
+
+def _cut_stop(text: str, stops: tuple[str, ...]) -> str:
+    cut = len(text)
+    for s in stops:
+        k = text.find(s)
+        if k != -1:
+            cut = min(cut, k)
+    return text[:cut]
