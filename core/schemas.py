@@ -83,3 +83,12 @@ class TicketResult(BaseModel):
     context_ids: list[str]
     timings_ms: dict[str, float]
     dropped_candidates: int = Field(default=0, description="Candidates whose text could not become a workflow.")
+
+
+class LabeledQuery(BaseModel):
+    """A query with its task label: classifier retrieval examples and evaluation items."""
+
+    id: str = Field(description="Stable id, unique within its set.")
+    text: str = Field(min_length=1, description="The query / ticket text.")
+    task: str = Field(min_length=1, description="Task label.")
+    source: str | None = Field(default=None, description="Set it came from (starter, it-service-tickets, ...).")
