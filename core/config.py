@@ -57,6 +57,9 @@ class ModelSpec(_Strict):
     max_batch_size: int = Field(default=8, ge=1, le=256, description="Largest dynamic batch per replica.")
     batch_wait_timeout_s: float = Field(default=0.02, ge=0, le=5,
                                         description="How long a replica waits to fill a batch.")
+    temperature: float | None = Field(default=None, ge=0, le=2,
+                                      description="Planner sampling temperature for this model (overrides "
+                                                  "planner.temperature; base models drift at high values).")
     vllm_options: dict = Field(default_factory=dict, description="Extra vllm.LLM keyword arguments "
                                                                  "(engine=vllm only).")
 
@@ -93,6 +96,12 @@ class ClassifierConfig(_Strict):
                               description="Weight of the LLM distribution against the retrieval vote.")
     unknown_threshold: float = Field(default=0.3, ge=0, le=1,
                                      description="Below this combined confidence the answer is `unknown`.")
+    min_neighbour_similarity: float = Field(default=0.2, ge=-1, le=1,
+                                            description="A ticket whose nearest labeled example is less "
+                                                        "similar than this is out of domain: `unknown`.")
+    vote_temperature: float = Field(default=0.05, gt=0, le=1,
+                                    description="Softmax temperature turning neighbour similarities into "
+                                                "task votes (lower: nearest neighbours dominate).")
     cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="Retrieval-only shortcut.")
 
 
@@ -116,9 +125,11 @@ class PlannerConfig(_Strict):
 
     candidates: int = Field(default=4, ge=1, le=16, description="N in best-of-N.")
     max_new_tokens: int = Field(default=160, ge=16, le=2048, description="Token budget per candidate.")
-    temperature: float = Field(default=0.8, ge=0, le=2, description="Sampling temperature for N > 1.")
+    temperature: float = Field(default=0.6, ge=0, le=2, description="Sampling temperature for N > 1.")
     top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
-    repetition_penalty: float = Field(default=1.15, ge=1, le=2, description="Discourages step loops.")
+    repetition_penalty: float = Field(default=1.0, ge=1, le=2,
+                                      description="Penalises reusing any token already in the prompt, which "
+                                                  "also stops copying retrieved steps: keep near 1.")
     max_steps: int = Field(default=10, ge=2, le=30, description="Longest workflow kept after parsing.")
     context_chunks: int = Field(default=3, ge=0, le=20, description="Knowledge chunks put in the prompt.")
     context_nodes: int = Field(default=2, ge=0, le=20, description="Incident nodes put in the prompt.")

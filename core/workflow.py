@@ -144,16 +144,29 @@ _CLOSING = re.compile(r"^(?:resolve|close|verify|confirm|monitor|escalate|docume
                       re.I)
 
 
-def parse_step_list(text: str, max_steps: int = 30) -> list[str]:
+def _near_duplicate(words: set[str], earlier: list[set[str]]) -> bool:
+    for other in earlier:
+        small = min(len(words), len(other)) or 1
+        if len(words & other) / small >= 0.8:
+            return True
+    return False
+
+
+def parse_step_list(text: str, max_steps: int = 30, truncated: bool = False) -> list[str]:
     """Numbered (or bulleted) lines from free text, cleaned, de-duplicated, in order.
 
     Parsing stops at the first restart of the numbering, which is where small models begin
-    to ramble into a second, unrelated list.
+    to ramble into a second, unrelated list, and at the first step that mostly repeats an
+    earlier one (the start of a loop). With `truncated` (the model hit its token limit) the
+    last line is incomplete and dropped.
     """
+    lines = text.splitlines()
+    if truncated and lines:
+        lines = lines[:-1]
     steps: list[str] = []
-    seen: set[str] = set()
+    seen: list[set[str]] = []
     last_no = 0
-    for raw in text.splitlines():
+    for raw in lines:
         m = _NUMBERED.match(raw)
         if m:
             no = int(m.group(1))
@@ -167,10 +180,12 @@ def parse_step_list(text: str, max_steps: int = 30) -> list[str]:
                 continue
             body = b.group(1)
         step = clean_step_text(body)
-        key = re.sub(r"\W+", " ", step.lower()).strip()
-        if len(key) < 4 or key in seen or len(step.split()) < 2:
+        words = set(re.findall(r"\w+", step.lower()))
+        if len(step) < 4 or len(words) < 2:
             continue
-        seen.add(key)
+        if _near_duplicate(words, seen):
+            break
+        seen.append(words)
         steps.append(step)
         if len(steps) >= max_steps:
             break

@@ -154,16 +154,15 @@ class TransformersEngine(Engine):
             raise ValueError("labels must be non-empty")
         if not prompts:
             return []
-        single = self._single_token_ids(prompts[0], labels)
-        if single is not None:
-            seqs = [self._encode_prompt(p) for p in prompts]
+        split = self._label_split(prompts[0], labels)
+        if split is not None:
+            # Labels that differ in one token after a shared stem (" 1".." 5" is "Ġ"+digit for
+            # SmolLM2): one forward pass per prompt gives the whole distribution.
+            stem, ids = split
+            seqs = [self._encode_prompt(p) + stem for p in prompts]
             rows = self._logprobs_at(seqs, [[len(s) - 1] for s in seqs])
-            ids = torch.tensor(single)
-            out = []
-            for r in rows:
-                dist = torch.softmax(r[0, ids].float(), dim=0).tolist()
-                out.append(dict(zip(labels, dist)))
-            return out
+            index = torch.tensor(ids)
+            return [dict(zip(labels, torch.softmax(r[0, index].float(), dim=0).tolist())) for r in rows]
         flat = self.loglikelihood([(p, lab) for p in prompts for lab in labels])
         out = []
         for i in range(len(prompts)):
@@ -171,15 +170,21 @@ class TransformersEngine(Engine):
             out.append(dict(zip(labels, torch.softmax(scores, dim=0).tolist())))
         return out
 
-    def _single_token_ids(self, prompt: str, labels: list[str]) -> list[int] | None:
+    def _label_split(self, prompt: str, labels: list[str]) -> tuple[list[int], list[int]] | None:
+        """(shared stem tokens, one distinguishing token per label), or None if labels need more."""
         base = self._encode_prompt(prompt)
-        ids = []
+        tails = []
         for lab in labels:
             full = self._encode_prompt(prompt + lab)
-            if len(full) != len(base) + 1 or full[: len(base)] != base:
+            if full[: len(base)] != base:
                 return None
-            ids.append(full[-1])
-        return ids if len(set(ids)) == len(ids) else None
+            tails.append(full[len(base):])
+        stem_len = min(len(t) for t in tails) - 1
+        stem = tails[0][:stem_len] if stem_len >= 0 else []
+        if stem_len < 0 or any(len(t) != stem_len + 1 or t[:stem_len] != stem for t in tails):
+            return None
+        ids = [t[-1] for t in tails]
+        return (stem, ids) if len(set(ids)) == len(ids) else None
 
     @torch.inference_mode()
     def _logprobs_at(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
@@ -192,7 +197,12 @@ class TransformersEngine(Engine):
         order = sorted(range(len(seqs)), key=lambda i: seqs[i])
         groups: list[list[int]] = []
         for i in order:
-            if groups and _lcp(seqs[groups[-1][0]], seqs[i]) >= _MIN_SHARED_PREFIX:
+            # Share only a prefix that is most of both sequences: five questions about one
+            # workflow group together, different workflows after one system prompt do not.
+            if groups:
+                anchor = seqs[groups[-1][0]]
+                need = max(_MIN_SHARED_PREFIX, min(len(anchor), len(seqs[i])) // 2)
+            if groups and _lcp(anchor, seqs[i]) >= need:
                 groups[-1].append(i)
             else:
                 groups.append([i])

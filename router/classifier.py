@@ -1,0 +1,103 @@
+"""Stage 1: the task classifier (CoE-Ops Prompt 3 with retrieval), with a retrieval-only cascade.
+
+Retrieval gives a similarity-weighted vote over labeled neighbours; the LLM sees the task list plus
+the retrieved examples with their labels and yields a distribution over task names. When the
+neighbours agree strongly the LLM is skipped. The reply says which path decided.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from core.config import ClassifierConfig
+from core.schemas import UNKNOWN, Classification
+from experts.engines.base import Engine
+from router.examples import ExampleIndex, Neighbour, TaskInfo
+
+SYSTEM = "You classify IT operations tickets into exactly one task. Answer with the task name only."
+
+DECIDED_RETRIEVAL = "retrieval"
+DECIDED_LLM = "llm+retrieval"
+DECIDED_OOD = "out-of-domain"
+DECIDED_LOW = "low-confidence"
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
+
+
+class TaskClassifier:
+    def __init__(self, cfg: ClassifierConfig, tasks: list[TaskInfo], index: ExampleIndex, llm: Engine | None):
+        if not tasks:
+            raise ValueError("the classifier needs at least one task")
+        self.cfg = cfg
+        self.tasks = tasks
+        self.names = [t.name for t in tasks]
+        unknown = {e.task for e in index.examples} - set(self.names)
+        if unknown:
+            raise ValueError(f"labeled examples use tasks that are not in the task set: {sorted(unknown)}")
+        self.index = index
+        self.llm = llm
+        # Label continuations the LLM is scored on; the leading space matches how BPE splits words.
+        self.labels = [" " + n for n in self.names]
+
+    # ---- pieces ----------------------------------------------------------------------------
+    def vote(self, neighbours: list[Neighbour]) -> dict[str, float]:
+        """Softmax over neighbour similarities, summed per task."""
+        if not neighbours:
+            return {t: 1 / len(self.names) for t in self.names}
+        top = max(n.similarity for n in neighbours)
+        weights: dict[str, float] = defaultdict(float)
+        for n in neighbours:
+            weights[n.task] += math.exp((n.similarity - top) / self.cfg.vote_temperature)
+        total = sum(weights.values())
+        return {t: weights.get(t, 0.0) / total for t in self.names}
+
+    def prompt(self, text: str, neighbours: list[Neighbour]) -> str:
+        task_lines = "\n".join(f"- {t.name}: {t.description}" if t.description else f"- {t.name}"
+                               for t in self.tasks)
+        shots = neighbours[: self.cfg.prompt_examples]
+        # Most similar example last, nearest to the question (small models copy the recent label).
+        examples = "\n\n".join(f"Ticket: {_shorten(n.text)}\nTask: {n.task}" for n in reversed(shots))
+        user = (f"Tasks:\n{task_lines}\n\nLabeled tickets similar to the new one:\n\n{examples}\n\n"
+                f"Classify the new ticket into one of the tasks.\n\nTicket: {_shorten(text, 600)}")
+        assert self.llm is not None
+        return self.llm.format_prompt(SYSTEM, user, assistant_prefix="Task:")
+
+    # ---- the stage -------------------------------------------------------------------------
+    def classify(self, texts: list[str]) -> list[Classification]:
+        neighbours = self.index.search(texts, self.cfg.top_k)
+        results: list[Classification | None] = [None] * len(texts)
+        need_llm: list[int] = []
+        votes = [self.vote(n) for n in neighbours]
+        for i, (nb, vote) in enumerate(zip(neighbours, votes)):
+            examples = [n.brief() for n in nb]
+            best = max(vote, key=vote.get)
+            nearest = nb[0].similarity if nb else -1.0
+            if nearest < self.cfg.min_neighbour_similarity:
+                results[i] = Classification(task=UNKNOWN, confidence=1 - vote[best], decided_by=DECIDED_OOD,
+                                            distribution=vote, examples=examples)
+            elif (self.cfg.cascade.enabled and vote[best] >= self.cfg.cascade.min_agreement
+                  and nearest >= self.cfg.cascade.min_similarity) or self.llm is None:
+                results[i] = self._decide(vote, DECIDED_RETRIEVAL, examples)
+            else:
+                need_llm.append(i)
+        if need_llm:
+            prompts = [self.prompt(texts[i], neighbours[i]) for i in need_llm]
+            dists = self.llm.label_probs(prompts, self.labels)
+            w = self.cfg.llm_weight
+            for i, dist in zip(need_llm, dists):
+                llm = {n: dist[" " + n] for n in self.names}
+                combined = {t: w * llm[t] + (1 - w) * votes[i][t] for t in self.names}
+                results[i] = self._decide(combined, DECIDED_LLM, [n.brief() for n in neighbours[i]])
+        return results  # type: ignore[return-value]
+
+    def _decide(self, dist: dict[str, float], path: str, examples: list[dict]) -> Classification:
+        best = max(self.names, key=lambda t: (dist[t], -self.names.index(t)))
+        if dist[best] < self.cfg.unknown_threshold:
+            return Classification(task=UNKNOWN, confidence=1 - dist[best], decided_by=f"{path}/{DECIDED_LOW}",
+                                  distribution=dist, examples=examples)
+        return Classification(task=best, confidence=dist[best], decided_by=path, distribution=dist,
+                              examples=examples)
