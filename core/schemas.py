@@ -68,6 +68,8 @@ class Candidate(BaseModel):
     workflow: WorkflowOut
     scores: Scores
     raw_tokens: int = Field(default=0, description="Tokens the model generated for this candidate.")
+    origin: str = Field(default="model", description="model, or knowledge-base when every sample failed to "
+                                                    "parse and the top incident's own steps were used.")
 
 
 class TicketResult(BaseModel):
@@ -77,10 +79,12 @@ class TicketResult(BaseModel):
     decision_path: str
     expert: str
     map_version: str
-    workflow: WorkflowOut
+    workflow: WorkflowOut = Field(description="The best candidate's workflow.")
+    best_index: int = Field(description="Index of the best candidate in `candidates`.")
     candidates: list[Candidate]
-    retrieved_examples: list[dict]
-    context_ids: list[str]
+    retrieved_examples: list[dict] = Field(description="Labeled examples the classifier retrieved.")
+    context_ids: list[str] = Field(description="Knowledge chunks and incident nodes given to the Planner.")
+    knowledge_version: str | None = Field(default=None, description="Knowledge-base version used.")
     timings_ms: dict[str, float]
     dropped_candidates: int = Field(default=0, description="Candidates whose text could not become a workflow.")
 

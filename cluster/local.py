@@ -1,0 +1,194 @@
+"""Running FlowRouter on Ray: prepare artifacts, start (local Ray or an existing cluster), stop.
+
+`flowrouter serve` starts a background server process that owns a private local Ray instance and
+exits once the service answers; `flowrouter shutdown` signals that process, which shuts Serve and
+its Ray instance down. With `--address` the app is deployed onto an existing Ray cluster instead
+(the cluster launcher's, see ray_cluster.yaml) and the CLI returns immediately.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from core.config import FlowRouterConfig, load_config
+from core.paths import cache_dir
+from core.task_map import TaskMap
+from deployments.options import total_cpus, thread_env
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def resolve_state_dir(cfg: FlowRouterConfig) -> FlowRouterConfig:
+    state = cfg.serve.state_dir or str(cache_dir() / "state")
+    Path(state).mkdir(parents=True, exist_ok=True)
+    cfg.serve.state_dir = state
+    return cfg
+
+
+def prepare(cfg: FlowRouterConfig, progress: bool = True) -> str | None:
+    """Everything replicas need before they start: converted weights, the knowledge base, a valid map.
+
+    Returns the knowledge-base directory (None when the config names no documents).
+    """
+    from experts.engines.weights import resolve_weights
+    from router.examples import load_examples, load_tasks
+
+    tasks = [t.name for t in load_tasks(cfg.tasks.tasks)]
+    load_examples(cfg.tasks.examples)
+    TaskMap.load(cfg.map).check(tasks, [e.name for e in cfg.experts])
+    bases = {s.base for s in [cfg.classifier.model, cfg.scorer.model, *cfg.experts] if s.engine == "transformers"}
+    for base in sorted(bases):
+        t0 = time.time()
+        resolve_weights(base)
+        if progress and time.time() - t0 > 1:
+            print(f"  converted {base} to safetensors in {time.time() - t0:.0f}s (cached for next time)")
+    if not cfg.knowledge.docs:
+        return None
+    from experts.knowledge.build import ensure_knowledge_base
+
+    return str(ensure_knowledge_base(cfg.knowledge, progress=progress))
+
+
+def pid_file(cfg: FlowRouterConfig) -> Path:
+    return Path(cfg.serve.state_dir) / f"server-{cfg.serve.port}.json"
+
+
+def url_of(cfg: FlowRouterConfig) -> str:
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
+    return f"http://{host}:{cfg.serve.port}"
+
+
+def healthy(url: str, timeout: float = 2.0) -> dict | None:
+    try:
+        r = httpx.get(f"{url}/healthz", timeout=timeout)
+        return r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def deploy(cfg: FlowRouterConfig, knowledge_dir: str | None, address: str | None = None) -> None:
+    """Connect to (or start) Ray, start Serve's HTTP proxy and deploy the app; returns when RUNNING."""
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    if address:
+        ray.init(address=address, namespace="flowrouter", log_to_driver=False)
+    else:
+        cpus = max(os.cpu_count() or 1, math.ceil(total_cpus([cfg.classifier.model, cfg.scorer.model, *cfg.experts],
+                                                                cfg.serve)) + 1)
+        if cfg.serve.ray_num_cpus:
+            cpus = cfg.serve.ray_num_cpus
+        ray.init(num_cpus=cpus, include_dashboard=False, namespace="flowrouter", log_to_driver=False,
+                 runtime_env={"env_vars": thread_env(1)})
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port,
+                              "request_timeout_s": cfg.serve.request_timeout_s})
+    serve.run(build_app(cfg, knowledge_dir), name=cfg.serve.app_name, route_prefix="/", blocking=False)
+
+
+def run_foreground(config_path: str | None, port: int | None = None) -> int:
+    """The server process: deploy on a private local Ray, then wait for SIGTERM/SIGINT."""
+    cfg = resolve_state_dir(load_config(config_path))
+    if port:
+        cfg.serve.port = port
+    knowledge_dir = prepare(cfg, progress=False)
+    stop = {"now": False}
+
+    def _stop(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    pid_file(cfg).write_text(json.dumps({"pid": os.getpid(), "url": url_of(cfg), "config": cfg.source}))
+    try:
+        deploy(cfg, knowledge_dir)
+        print(f"FlowRouter is serving at {url_of(cfg)}", flush=True)
+        while not stop["now"]:
+            time.sleep(0.5)
+    finally:
+        _shutdown_ray()
+        pid_file(cfg).unlink(missing_ok=True)
+    return 0
+
+
+def _shutdown_ray() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        if ray.is_initialized():
+            serve.shutdown()
+    except Exception as exc:  # shutting down anyway; report and continue
+        log.warning("serve.shutdown failed: %s", exc)
+    finally:
+        ray.shutdown()
+
+
+def start_background(config_path: str | None, port: int | None = None, timeout_s: float = 900,
+                     echo=print) -> dict:
+    """Spawn the server process, wait until /healthz answers, return {pid, url, log}."""
+    cfg = resolve_state_dir(load_config(config_path))
+    if port:
+        cfg.serve.port = port
+    url = url_of(cfg)
+    if healthy(url):
+        raise ServiceError(f"a service already answers at {url}; `flowrouter shutdown` first or pick --port")
+    echo("preparing models and knowledge base ...")
+    prepare(cfg)
+    logfile = Path(cfg.serve.state_dir) / f"server-{cfg.serve.port}.log"
+    cmd = [sys.executable, "-m", "cluster.cli", "serve", "--foreground", "--port", str(cfg.serve.port)]
+    if config_path:
+        cmd.insert(4, str(Path(config_path).resolve()))
+    env = dict(os.environ, **thread_env(1))
+    with open(logfile, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    echo(f"starting Ray Serve (pid {proc.pid}, log {logfile}) ...")
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            tail = logfile.read_text(errors="replace")[-3000:]
+            raise ServiceError(f"the server exited with status {proc.returncode}; end of {logfile}:\n{tail}")
+        if healthy(url):
+            return {"pid": proc.pid, "url": url, "log": str(logfile)}
+        time.sleep(1.0)
+    proc.terminate()
+    raise ServiceError(f"the service did not answer at {url} within {timeout_s:.0f}s; see {logfile}")
+
+
+def stop_background(cfg: FlowRouterConfig, timeout_s: float = 60) -> bool:
+    """Signal the server process recorded for this config's port; True if one was stopped."""
+    pf = pid_file(cfg)
+    if not pf.exists():
+        return False
+    pid = json.loads(pf.read_text())["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pf.unlink(missing_ok=True)
+        return False
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pf.unlink(missing_ok=True)
+            return True
+        time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    pf.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,33 @@
+"""Serve deployment of stage 1 (task classifier)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from core.config import FlowRouterConfig
+from core.embeddings import shared_embedder
+from experts.engines.registry import build_engine
+from router.classifier import TaskClassifier
+from router.examples import ExampleIndex, load_examples, load_tasks
+
+
+@serve.deployment
+class ClassifierDeployment:
+    def __init__(self, config: dict):
+        cfg = FlowRouterConfig.model_validate(config)
+        c = cfg.classifier
+        index = ExampleIndex(load_examples(cfg.tasks.examples), shared_embedder(), c.lexical_weight)
+        self.classifier = TaskClassifier(c, load_tasks(cfg.tasks.tasks), index, build_engine(c.model))
+        self.classify.set_max_batch_size(c.model.max_batch_size)
+        self.classify.set_batch_wait_timeout_s(c.model.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def classify(self, texts: list[str]) -> list[dict]:
+        # Model work runs off the event loop so health checks and queueing stay responsive.
+        results = await asyncio.to_thread(self.classifier.classify, texts)
+        return [r.model_dump() for r in results]
+
+    def tasks(self) -> list[str]:
+        return list(self.classifier.names)

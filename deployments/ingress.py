@@ -1,0 +1,274 @@
+"""HTTP front door (FastAPI through Ray Serve): tickets in, best workflow out.
+
+The ingress owns the request path's orchestration: classify -> route by the live map -> the
+chosen Planner writes N candidates -> the N candidates are scored in parallel across Scorer
+replicas -> best of N. It never runs a model itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import ray
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from core.config import FlowRouterConfig
+from core.schemas import Candidate, Classification, Scores, Ticket, TicketResult, WorkflowOut
+from core.task_map import MapError, TaskMap
+from core.workflow import Workflow
+from deployments.map_registry import get_registry
+from experts.scorer import best_index
+from router.examples import load_tasks
+from router.routing import get_router
+
+log = logging.getLogger("flowrouter.ingress")
+
+AUTO_MODEL = "flowrouter"
+MAP_REFRESH_S = 1.0
+MAX_BODY_BYTES = 2_000_000
+
+app = FastAPI(
+    title="FlowRouter",
+    version="0.1.0",
+    description="Incident tickets to troubleshooting workflows written by the best expert model.",
+)
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tickets: list[Ticket] = Field(min_length=1, description="Tickets to solve together.")
+
+
+class BatchResult(BaseModel):
+    results: list[TicketResult]
+
+
+class ChatMessage(BaseModel):
+    role: str = Field(pattern="^(system|user|assistant|tool|developer)$")
+    content: str | None = Field(default=None, max_length=20000)
+
+
+class ChatRequest(BaseModel):
+    model: str = Field(default=AUTO_MODEL, max_length=100,
+                       description="'flowrouter' routes automatically; an expert's name forces that expert.")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    n: int | None = Field(default=None, ge=1, le=16, description="Candidates to write (best-of-N).")
+    temperature: float | None = Field(default=None, description="Accepted for compatibility; ignored.")
+    max_tokens: int | None = Field(default=None, description="Accepted for compatibility; ignored.")
+    stream: bool = Field(default=False, description="Streaming is not supported.")
+
+
+def _out(wf: Workflow) -> WorkflowOut:
+    return WorkflowOut(mermaid=wf.to_mermaid(), steps=wf.steps, edges=wf.edges)
+
+
+class TicketFailed(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    # Keep pydantic's field-by-field reasons; never echo the (possibly huge, untrusted) input back.
+    errors = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": "invalid request", "errors": errors})
+
+
+@app.middleware("http")
+async def _limit_body(request: Request, call_next):
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            too_big = int(length) > MAX_BODY_BYTES
+        except ValueError:
+            return JSONResponse(status_code=400, content={"detail": "invalid Content-Length header"})
+        if too_big:
+            return JSONResponse(status_code=413,
+                                content={"detail": f"request body over {MAX_BODY_BYTES} bytes"})
+    return await call_next(request)
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, config: dict, classifier, planners: dict, scorer, knowledge_dir: str | None = None):
+        self.cfg = FlowRouterConfig.model_validate(config)
+        self.classifier = classifier
+        self.planners = planners
+        self.scorer = scorer
+        self.tasks = [t.name for t in load_tasks(self.cfg.tasks.tasks)]
+        self.experts = [e.name for e in self.cfg.experts]
+        self.router = get_router("map")
+        state_dir = self.cfg.serve.state_dir
+        initial = TaskMap.load(self.cfg.map)
+        self.registry = get_registry(f"{state_dir}/maps", initial.model_dump(), self.tasks, self.experts)
+        self.task_map = TaskMap.model_validate(ray.get(self.registry.current.remote()))
+        self._checked = time.monotonic()
+        self._map_lock = asyncio.Lock()
+
+    # ---- live map --------------------------------------------------------------------------
+    async def current_map(self) -> TaskMap:
+        """The map for a new request; re-read from the registry at most once a second."""
+        if time.monotonic() - self._checked >= MAP_REFRESH_S:
+            async with self._map_lock:
+                if time.monotonic() - self._checked >= MAP_REFRESH_S:
+                    version = await self.registry.version.remote()
+                    if version != self.task_map.version:
+                        self.task_map = TaskMap.model_validate(await self.registry.current.remote())
+                        log.info("now routing with map %s", version)
+                    self._checked = time.monotonic()
+        return self.task_map
+
+    # ---- the request path ------------------------------------------------------------------
+    async def solve(self, ticket: Ticket, n: int | None = None, expert: str | None = None) -> TicketResult:
+        text = ticket.text()
+        if len(text) > self.cfg.serve.max_ticket_chars:
+            raise TicketFailed(413, f"ticket text is {len(text)} characters; the limit is "
+                                    f"{self.cfg.serve.max_ticket_chars}")
+        if expert is not None and expert not in self.planners:
+            raise TicketFailed(404, f"unknown expert {expert!r}; deployed: {sorted(self.planners)}")
+        task_map = await self.current_map()  # the whole request uses this snapshot
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        cls = Classification.model_validate(await self.classifier.classify.remote(text))
+        t1 = time.perf_counter()
+        timings["classify"] = (t1 - t0) * 1000
+        chosen = expert or self.router.route(cls.task, task_map)
+        plan = await self.planners[chosen].plan.remote({"ticket": text, "n": n or self.cfg.planner.candidates})
+        t2 = time.perf_counter()
+        timings["plan"] = (t2 - t1) * 1000
+        timings["retrieve"] = plan["timings_ms"]["retrieval"]
+        if not plan["candidates"]:
+            raise TicketFailed(503, f"expert {chosen} produced no usable workflow "
+                                    f"({plan['dropped']} candidates unparseable)")
+        score_calls = [self.scorer.score.remote({"ticket": text, "workflow": c["workflow"]})
+                       for c in plan["candidates"]]
+        scores = [Scores.model_validate(s) for s in await asyncio.gather(*score_calls)]
+        t3 = time.perf_counter()
+        timings["score"] = (t3 - t2) * 1000
+        candidates = []
+        for i, (c, s) in enumerate(zip(plan["candidates"], scores)):
+            wf = Workflow.model_validate(c["workflow"])
+            candidates.append(Candidate(index=i, workflow=_out(wf), scores=s, raw_tokens=c["tokens"],
+                                        origin=c["origin"]))
+        best = candidates[best_index(scores)]
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        return TicketResult(
+            ticket_id=ticket.id or uuid.uuid4().hex,
+            task=cls.task,
+            confidence=round(cls.confidence, 4),
+            decision_path=cls.decided_by if expert is None else f"forced:{expert}",
+            expert=chosen,
+            map_version=task_map.version,
+            workflow=best.workflow,
+            best_index=best.index,
+            candidates=candidates,
+            retrieved_examples=cls.examples,
+            context_ids=plan["context_ids"],
+            knowledge_version=plan.get("knowledge_version"),
+            timings_ms={k: round(v, 1) for k, v in timings.items()},
+            dropped_candidates=plan["dropped"],
+        )
+
+    async def _solve_http(self, ticket: Ticket, n: int | None, expert: str | None) -> TicketResult:
+        try:
+            return await self.solve(ticket, n, expert)
+        except TicketFailed as exc:
+            raise HTTPException(status_code=exc.status, detail=exc.reason) from None
+
+    # ---- endpoints -------------------------------------------------------------------------
+    @app.post("/v1/tickets", response_model=TicketResult, summary="Solve one ticket")
+    async def post_ticket(self, ticket: Ticket,
+                          candidates: int | None = Query(default=None, ge=1, le=16, description="N (best-of-N)"),
+                          expert: str | None = Query(default=None, max_length=100,
+                                                     description="Force this expert instead of routing")):
+        return await self._solve_http(ticket, candidates, expert)
+
+    @app.post("/v1/tickets/batch", response_model=BatchResult, summary="Solve several tickets")
+    async def post_batch(self, body: BatchRequest,
+                         candidates: int | None = Query(default=None, ge=1, le=16)):
+        if len(body.tickets) > self.cfg.serve.max_batch_tickets:
+            raise HTTPException(413, f"{len(body.tickets)} tickets in one batch; the limit is "
+                                     f"{self.cfg.serve.max_batch_tickets}")
+        results = await asyncio.gather(*[self._solve_http(t, candidates, None) for t in body.tickets])
+        return BatchResult(results=list(results))
+
+    @app.get("/v1/map", summary="The live task->expert map and its history")
+    async def get_map(self) -> dict[str, Any]:
+        current = await self.current_map()
+        return {"current": current.model_dump(), "history": await self.registry.history.remote(),
+                "tasks": self.tasks, "experts": self.experts}
+
+    @app.post("/v1/map", summary="Publish a new map (validated; in-flight requests keep the old one)")
+    async def publish_map(self, task_map: TaskMap) -> dict[str, Any]:
+        try:
+            published = await self.registry.publish.remote(task_map.model_dump())
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if hasattr(exc, "cause") else exc
+            if isinstance(cause, (MapError, ValueError)):
+                raise HTTPException(409, str(cause)) from None
+            raise
+        self._checked = 0.0
+        return {"published": published["version"], "map": published}
+
+    @app.post("/v1/map/rollback", summary="Return to the previously published map")
+    async def rollback_map(self) -> dict[str, Any]:
+        try:
+            restored = await self.registry.rollback.remote()
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if hasattr(exc, "cause") else exc
+            if isinstance(cause, MapError):
+                raise HTTPException(409, str(cause)) from None
+            raise
+        self._checked = 0.0
+        return {"restored": restored["version"], "map": restored}
+
+    @app.get("/healthz", summary="Liveness and what is deployed")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "map_version": (await self.current_map()).version, "experts": self.experts,
+                "tasks": self.tasks}
+
+    @app.get("/v1/models", summary="OpenAI-compatible model list")
+    async def models(self) -> dict[str, Any]:
+        names = [AUTO_MODEL, *self.experts]
+        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "flowrouter"} for n in names]}
+
+    @app.post("/v1/chat/completions", summary="OpenAI-compatible: the last user message is the ticket")
+    async def chat(self, body: ChatRequest) -> dict[str, Any]:
+        if body.stream:
+            raise HTTPException(400, "stream=true is not supported")
+        if body.model != AUTO_MODEL and body.model not in self.planners:
+            raise HTTPException(404, f"model {body.model!r} not found; use {AUTO_MODEL!r} or one of "
+                                     f"{sorted(self.planners)}")
+        users = [m.content for m in body.messages if m.role == "user" and m.content and m.content.strip()]
+        if not users:
+            raise HTTPException(422, "messages must include a non-empty user message (the ticket)")
+        text = users[-1].strip()
+        title, _, description = text.partition("\n")
+        try:
+            ticket = Ticket(title=title[:500], description=(title[500:] + "\n" + description).strip())
+        except ValueError as exc:
+            raise HTTPException(422, f"invalid ticket: {exc}") from None
+        result = await self._solve_http(ticket, body.n, None if body.model == AUTO_MODEL else body.model)
+        content = f"```mermaid\n{result.workflow.mermaid}\n```"
+        return {
+            "id": f"chatcmpl-{result.ticket_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": result.expert,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": sum(c.raw_tokens for c in result.candidates),
+                      "total_tokens": sum(c.raw_tokens for c in result.candidates)},
+            "flowrouter": result.model_dump(),
+        }
