@@ -1,0 +1,236 @@
+"""`flowrouter kb`: build, extend, inspect and query the knowledge base of operation documents."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DEFAULT_LLM = "smollm2-135m-instruct"
+
+
+def register(subparsers) -> None:
+    kb = subparsers.add_parser("kb", help="knowledge base from operation documents (build, add, info, query)",
+                               description="Knowledge base of operation documents: MiniLM-indexed chunks plus "
+                                           "incident nodes (description, diagnosis and mitigation steps).")
+    sub = kb.add_subparsers(dest="kb_command", metavar="ACTION")
+    sub.required = True
+
+    b = sub.add_parser("build", help="build (or update) a knowledge base from document folders")
+    b.add_argument("docs", nargs="+", metavar="DOCS_DIR", help="folders of .md/.txt documents (folder name = tag)")
+    _common(b)
+    b.add_argument("--chunk-chars", type=int, default=None, help="target characters per chunk (default: "
+                                                                 "config knowledge.chunk_chars, else 900)")
+    b.set_defaults(func=cmd_build)
+
+    a = sub.add_parser("add", help="add new or changed documents to an existing base (incremental)")
+    a.add_argument("docs", nargs="+", metavar="DOCS_DIR")
+    _common(a)
+    a.set_defaults(func=cmd_add)
+
+    i = sub.add_parser("info", help="version, counts and documents of a base")
+    i.add_argument("--out", metavar="DIR", help="knowledge-base directory")
+    i.add_argument("--config", metavar="FILE", help="FlowRouter config whose knowledge section names the base")
+    i.add_argument("--docs", action="store_true", help="list every document with its method and counts")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=cmd_info)
+
+    q = sub.add_parser("query", help="retrieve chunks and incident nodes for a text")
+    q.add_argument("text", help="ticket or question")
+    q.add_argument("--out", metavar="DIR", help="knowledge-base directory")
+    q.add_argument("--config", metavar="FILE", help="FlowRouter config whose knowledge section names the base")
+    q.add_argument("--scope", action="append", metavar="TAG", help="only documents with this tag (repeatable)")
+    q.add_argument("-k", "--chunks", type=int, default=3, help="chunks to return (default 3)")
+    q.add_argument("-n", "--nodes", type=int, default=2, help="incident nodes to return (default 2)")
+    q.add_argument("--json", action="store_true", help="print the RetrievedContext as JSON")
+    q.set_defaults(func=cmd_query)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="DIR", help="knowledge-base directory (default: config knowledge.directory, "
+                                                "else <cache>/knowledge/<hash of the folders>)")
+    p.add_argument("--llm", action=argparse.BooleanOptionalAction, default=True,
+                   help="use the small LLM for documents without runbook structure (loaded only if needed)")
+    p.add_argument("--llm-model", default=DEFAULT_LLM, metavar="NAME",
+                   help=f"embedded model name or weights folder for --llm (default {DEFAULT_LLM})")
+    p.add_argument("--config", metavar="FILE", help="FlowRouter config (knowledge.directory, chunk_chars)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _quiet_logs() -> None:
+    import logging
+
+    for name in ("faiss.loader", "sentence_transformers", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _errors():
+    from cluster.cli import CliError
+
+    return CliError
+
+
+def _knowledge_cfg(path: str | None):
+    if not path:
+        return None
+    from core.config import ConfigError, load_config
+
+    try:
+        return load_config(path).knowledge
+    except ConfigError as exc:
+        raise _errors()(str(exc)) from exc
+
+
+def _check_dirs(dirs: list[str]) -> None:
+    for d in dirs:
+        if not Path(d).expanduser().exists():
+            raise _errors()(f"document folder not found: {d}")
+
+
+def _llm(args):
+    if not args.llm:
+        return None
+    import torch
+
+    from experts.knowledge.build import LazyEngine
+
+    def factory():
+        from experts.engines.transformers_engine import TransformersEngine
+        from experts.engines.weights import resolve_weights
+
+        return TransformersEngine(resolve_weights(args.llm_model), name=args.llm_model, chat=True, threads=1)
+
+    torch.set_num_threads(1)
+    return LazyEngine(factory, name=args.llm_model)
+
+
+def _resolve_out(args, doc_dirs: list[str] | None = None) -> Path:
+    if getattr(args, "out", None):
+        return Path(args.out).expanduser()
+    kcfg = _knowledge_cfg(getattr(args, "config", None))
+    if kcfg is not None and kcfg.directory:
+        return Path(kcfg.directory)
+    from experts.knowledge.build import default_directory
+
+    dirs = doc_dirs or (list(kcfg.docs) if kcfg is not None else [])
+    if dirs:
+        return default_directory(dirs)
+    from core.paths import cache_dir
+
+    bases = sorted(p for p in (cache_dir() / "knowledge").glob("*") if (p / "current").exists())
+    if len(bases) == 1:
+        return bases[0]
+    if not bases:
+        raise _errors()("no knowledge base found; pass --out DIR or build one with `flowrouter kb build DOCS_DIR`")
+    raise _errors()("several knowledge bases in the cache; pass --out DIR:\n  " + "\n  ".join(map(str, bases)))
+
+
+def _run(args, mode: str) -> int:
+    from experts.knowledge.build import run_build
+    from experts.knowledge.documents import KnowledgeError
+
+    _quiet_logs()
+    _check_dirs(args.docs)
+    kcfg = _knowledge_cfg(args.config)
+    out = _resolve_out(args, args.docs)
+    if mode == "add" and not (out / "current").exists():
+        raise _errors()(f"no knowledge base in {out} to add to; run `flowrouter kb build` first")
+    chunk_chars = getattr(args, "chunk_chars", None) or (kcfg.chunk_chars if kcfg else None)
+    if mode == "sync" and chunk_chars is None:
+        chunk_chars = 900
+    llm = _llm(args)
+    t = time.perf_counter()
+    try:
+        report = run_build(args.docs, out, llm=llm, chunk_chars=chunk_chars, progress=not args.quiet, mode=mode)
+    except KnowledgeError as exc:
+        raise _errors()(str(exc)) from exc
+    s = report.stats
+    state = "built" if report.changed else "already up to date:"
+    print(f"{state} {report.version} in {out} ({time.perf_counter() - t:.1f}s)")
+    if s:
+        print(f"  documents {s.get('documents')}  chunks {s.get('chunks')}  nodes {s.get('nodes')}  "
+              f"links {s.get('links')}")
+        if report.changed:
+            print(f"  processed {s.get('processed')}  from cache {s.get('from_cache')}  reused {s.get('reused')}  "
+                  f"removed {s.get('removed')}  new/changed nodes {s.get('new_or_changed_nodes')}")
+            print(f"  methods {json.dumps(s.get('methods', {}))}"
+                  + (f"  (LLM loaded: {llm.loaded})" if llm is not None else ""))
+    return 0
+
+
+def cmd_build(args) -> int:
+    return _run(args, "sync")
+
+
+def cmd_add(args) -> int:
+    return _run(args, "add")
+
+
+def cmd_info(args) -> int:
+    from experts.knowledge.store import KnowledgeStore
+
+    out = _resolve_out(args)
+    store = KnowledgeStore(out)
+    version = store.current_version()
+    if version is None:
+        raise _errors()(f"no knowledge base in {out}")
+    m = store.manifest(version)
+    if args.json:
+        print(json.dumps(m, indent=1))
+        return 0
+    s = m.get("stats", {})
+    print(f"{out}\n  version {version} (of {', '.join(store.versions())}), built {m.get('created')}")
+    print(f"  documents {s.get('documents')}  chunks {s.get('chunks')}  nodes {s.get('nodes')}  links {s.get('links')}")
+    print(f"  methods {json.dumps(s.get('methods', {}))}  chunk_chars {m.get('chunk_chars')}  "
+          f"embedder {m.get('embedder')}  llm {m.get('llm')}")
+    tags: dict[str, int] = {}
+    for e in m["docs"].values():
+        for t in e.get("tags", []):
+            tags[t] = tags.get(t, 0) + 1
+    print("  tags " + ", ".join(f"{t} ({n})" for t, n in sorted(tags.items())))
+    print("  roots " + ", ".join(m.get("roots", [])))
+    if args.docs:
+        for src, e in sorted(m["docs"].items()):
+            print(f"    {src}  [{e['method']}] chunks {e['chunks']} raw nodes {e['raw_nodes']}")
+    return 0
+
+
+def cmd_query(args) -> int:
+    from experts.knowledge.documents import KnowledgeError
+    from experts.knowledge.retrieve import KnowledgeBase
+
+    _quiet_logs()
+    out = _resolve_out(args)
+    try:
+        kb = KnowledgeBase.open(out)
+    except KnowledgeError as exc:
+        raise _errors()(str(exc)) from exc
+    if args.scope:
+        unknown = sorted(set(args.scope) - set(kb.tags()))
+        if unknown:
+            raise _errors()(f"unknown tag(s) {', '.join(unknown)}; known: {', '.join(kb.tags())}")
+    kb.embedder.encode(["warm-up"])  # model load is not retrieval time
+    t = time.perf_counter()
+    ctx = kb.retrieve(args.text, scope=args.scope, k_chunks=args.chunks, k_nodes=args.nodes)
+    ms = (time.perf_counter() - t) * 1000
+    if args.json:
+        print(ctx.model_dump_json(indent=1))
+        return 0
+    print(f"{kb.version} ({ms:.0f} ms)")
+    for n in ctx.nodes:
+        print(f"\n[node {n.score:.3f}] {n.incident}  ({n.id}; tags {', '.join(n.tags)})")
+        if n.failure_description:
+            print(f"  {n.failure_description[:300]}")
+        for label, steps in (("diagnosis", n.diagnosis_steps), ("mitigation", n.mitigation_steps),
+                             ("typical case", n.typical_cases)):
+            for s in steps[:8]:
+                print(f"  - {label}: {s[:160]}")
+        if n.related:
+            print(f"  related: {', '.join(n.related)}")
+        docs = [s for s in n.sources if not s.startswith("c-")]
+        print(f"  sources: {', '.join(docs)}")
+    for c in ctx.chunks:
+        print(f"\n[chunk {c.score:.3f}] {c.source} > {' > '.join(c.heading_path)}  ({c.id})")
+        print("  " + c.text[:400].replace("\n", "\n  "))
+    return 0
