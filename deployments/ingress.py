@@ -3,9 +3,11 @@
 The ingress owns the request path's orchestration: classify -> route by the live map -> the
 chosen Planner writes N candidates -> the N candidates are scored in parallel across Scorer
 replicas -> best of N. It never runs a model itself.
+
+No `from __future__ import annotations` here: Serve ships this class by value, and FastAPI must
+see real annotation objects (string annotations would not resolve in the replica).
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging

@@ -56,13 +56,13 @@ class TaskClassifier:
         return {t: weights.get(t, 0.0) / total for t in self.names}
 
     def prompt(self, text: str, neighbours: list[Neighbour]) -> str:
-        task_lines = "\n".join(f"- {t.name}: {t.description}" if t.description else f"- {t.name}"
+        task_lines = "\n".join(f"- {t.name}: {_shorten(t.description, 90)}" if t.description else f"- {t.name}"
                                for t in self.tasks)
         shots = neighbours[: self.cfg.prompt_examples]
         # Most similar example last, nearest to the question (small models copy the recent label).
-        examples = "\n\n".join(f"Ticket: {_shorten(n.text)}\nTask: {n.task}" for n in reversed(shots))
+        examples = "\n\n".join(f"Ticket: {_shorten(n.text, 160)}\nTask: {n.task}" for n in reversed(shots))
         user = (f"Tasks:\n{task_lines}\n\nLabeled tickets similar to the new one:\n\n{examples}\n\n"
-                f"Classify the new ticket into one of the tasks.\n\nTicket: {_shorten(text, 600)}")
+                f"Classify the new ticket into one of the tasks.\n\nTicket: {_shorten(text, 400)}")
         assert self.llm is not None
         return self.llm.format_prompt(SYSTEM, user, assistant_prefix="Task:")
 

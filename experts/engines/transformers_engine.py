@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -14,6 +16,10 @@ log = logging.getLogger(__name__)
 
 # Prompts sharing at least this many leading tokens are run as one prefix plus short suffixes.
 _MIN_SHARED_PREFIX = 16
+# A cached prefix is reused when at least this many leading tokens match.
+_MIN_REUSE = 32
+# KV caches of recent prefixes kept per engine.
+_PREFIX_LRU = 8
 # Upper bound on tokens per forward batch (rows x length) so memory stays flat on long inputs.
 _MAX_BATCH_TOKENS = 16384
 
@@ -61,6 +67,9 @@ class TransformersEngine(Engine):
         self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
         # generate() is not re-entrant on one module; Serve may call from several threads.
         self._lock = threading.Lock()
+        self._lru: OrderedDict[tuple, object] = OrderedDict()
+        # Sliding-window caches (Gemma 3) cannot be cut back to a shorter prefix.
+        self._croppable = not getattr(self.model.config, "sliding_window", None)
 
     # ---- prompts -------------------------------------------------------------------------
     def format_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
@@ -171,94 +180,113 @@ class TransformersEngine(Engine):
         return out
 
     def _label_split(self, prompt: str, labels: list[str]) -> tuple[list[int], list[int]] | None:
-        """(shared stem tokens, one distinguishing token per label), or None if labels need more."""
+        """(shared stem tokens, the first distinguishing token of each label), or None.
+
+        " 1".." 5" is "Ġ"+digit for SmolLM2: the stem "Ġ" is appended to the prompt and the digits
+        are exact next tokens. For multi-token labels whose first tokens already differ (task
+        names: " network", " kubernetes" = "Ġk"+"uber"+"netes"), the distribution over those first
+        tokens is the label distribution, one forward pass per prompt instead of one per label.
+        """
         base = self._encode_prompt(prompt)
         tails = []
         for lab in labels:
             full = self._encode_prompt(prompt + lab)
-            if full[: len(base)] != base:
+            if full[: len(base)] != base or len(full) == len(base):
                 return None
             tails.append(full[len(base):])
         stem_len = min(len(t) for t in tails) - 1
-        stem = tails[0][:stem_len] if stem_len >= 0 else []
-        if stem_len < 0 or any(len(t) != stem_len + 1 or t[:stem_len] != stem for t in tails):
-            return None
-        ids = [t[-1] for t in tails]
-        return (stem, ids) if len(set(ids)) == len(ids) else None
+        while stem_len > 0 and any(t[:stem_len] != tails[0][:stem_len] for t in tails):
+            stem_len -= 1
+        ids = [t[stem_len] for t in tails]
+        return (tails[0][:stem_len], ids) if len(set(ids)) == len(ids) else None
 
     @torch.inference_mode()
     def _logprobs_at(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
         """Log-softmax rows [len(positions[i]), vocab] at the requested positions of each sequence.
 
-        Sequences with a long common prefix (the five Scorer questions about one workflow, the
-        labels after one classifier prompt) run the prefix once and share its KV cache.
+        Sequences are grouped by long shared prefixes (the five Scorer questions about one
+        workflow, the labels after one classifier prompt); each group's prefix runs once, its KV
+        cache is kept in a small LRU so later calls that start the same way (the classifier's
+        system prompt and task list, a ticket scored for several candidates) skip it, and only
+        the short suffixes run batched on top of it.
         """
+        with self._lock:
+            return self._logprobs_locked(seqs, positions)
+
+    def _logprobs_locked(self, seqs, positions):
         results: list[torch.Tensor | None] = [None] * len(seqs)
         order = sorted(range(len(seqs)), key=lambda i: seqs[i])
         groups: list[list[int]] = []
+        anchor: list[int] = []
         for i in order:
-            # Share only a prefix that is most of both sequences: five questions about one
+            # Group only on a prefix that is most of both sequences: five questions about one
             # workflow group together, different workflows after one system prompt do not.
             if groups:
-                anchor = seqs[groups[-1][0]]
                 need = max(_MIN_SHARED_PREFIX, min(len(anchor), len(seqs[i])) // 2)
-            if groups and _lcp(anchor, seqs[i]) >= need:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-        singles = [g[0] for g in groups if len(g) == 1]
+                if _lcp(anchor, seqs[i]) >= need:
+                    groups[-1].append(i)
+                    continue
+            groups.append([i])
+            anchor = seqs[i]
         for g in groups:
-            if len(g) == 1:
-                continue
-            shared = min(_lcp(seqs[g[0]], seqs[j]) for j in g[1:])
+            shared = min((_lcp(seqs[g[0]], seqs[j]) for j in g[1:]), default=len(seqs[g[0]]))
+            # Every requested position must fall in the suffix, which therefore is never empty.
             shared = min(shared, min(min(positions[j]) for j in g))
-            if shared < _MIN_SHARED_PREFIX:
-                singles.extend(g)
-                continue
-            self._run_with_prefix(g, seqs, positions, shared, results)
-        for chunk in _chunks(singles, [len(seqs[i]) for i in singles]):
-            self._run_plain(chunk, seqs, positions, results)
+            self._run_group(g, seqs, positions, shared, results)
         return results  # type: ignore[return-value]
 
-    def _run_plain(self, idx, seqs, positions, results):
-        width = max(len(seqs[i]) for i in idx)
-        pad = self.tokenizer.pad_token_id
-        # Right padding: causal attention keeps real tokens' logits independent of the padding.
-        ids = torch.tensor([seqs[i] + [pad] * (width - len(seqs[i])) for i in idx], device=self.device)
-        mask = torch.tensor([[1] * len(seqs[i]) + [0] * (width - len(seqs[i])) for i in idx], device=self.device)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits
-        for row, i in enumerate(idx):
-            results[i] = torch.log_softmax(logits[row, positions[i]].float(), dim=-1).cpu()
+    def _prefix_cache(self, tokens: list[int]):
+        """KV cache (batch 1) after `tokens`, reusing the longest prefix computed before."""
+        best, best_len = None, 0
+        for key in self._lru:
+            n = _lcp(key, tokens)
+            if n > best_len:
+                best, best_len = key, n
+        cache = None
+        if best is not None and (best_len == len(best) or (best_len >= _MIN_REUSE and self._croppable)):
+            self._lru.move_to_end(best)
+            cache = copy.deepcopy(self._lru[best])
+            if best_len < len(best):
+                cache.crop(best_len - len(best))  # transformers 5: a negative count of tokens to drop
+        else:
+            best_len = 0
+        if best_len < len(tokens):
+            rest = torch.tensor([tokens[best_len:]], device=self.device)
+            pos = torch.arange(best_len, len(tokens), device=self.device).unsqueeze(0)
+            out = self.model(input_ids=rest, position_ids=pos, past_key_values=cache, use_cache=True,
+                             logits_to_keep=1)
+            cache = out.past_key_values
+            self._lru[tuple(tokens)] = copy.deepcopy(cache)
+            while len(self._lru) > _PREFIX_LRU:
+                self._lru.popitem(last=False)
+        return cache
 
-    def _run_with_prefix(self, idx, seqs, positions, shared, results):
-        prefix = torch.tensor([seqs[idx[0]][:shared]], device=self.device)
-        out = self.model(input_ids=prefix, use_cache=True)
-        base_cache = out.past_key_values
+    def _run_group(self, idx, seqs, positions, shared, results):
         pad = self.tokenizer.pad_token_id
+        base = self._prefix_cache(seqs[idx[0]][:shared]) if shared > 0 else None
         lengths = [len(seqs[i]) - shared for i in idx]
-        for chunk in _chunks(list(range(len(idx))), [lengths[k] + shared for k in range(len(idx))]):
+        for chunk in _chunks(list(range(len(idx))), [n + shared for n in lengths]):
             members = [idx[k] for k in chunk]
-            cache = _copy_cache(base_cache)
-            cache.batch_repeat_interleave(len(members))
             width = max(len(seqs[i]) - shared for i in members)
             suffix = [seqs[i][shared:] for i in members]
+            # Right padding: causal attention keeps real tokens' logits independent of padding.
             ids = torch.tensor([s + [pad] * (width - len(s)) for s in suffix], device=self.device)
-            mask = torch.tensor(
-                [[1] * shared + [1] * len(s) + [0] * (width - len(s)) for s in suffix], device=self.device
-            )
-            pos_ids = torch.arange(shared, shared + width, device=self.device).unsqueeze(0).expand(len(members), -1)
-            logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=pos_ids, past_key_values=cache, use_cache=True
-            ).logits
+            mask = torch.tensor([[1] * (shared + len(s)) + [0] * (width - len(s)) for s in suffix],
+                                device=self.device)
+            kwargs = {}
+            if base is not None:
+                cache = copy.deepcopy(base)
+                if len(members) > 1:
+                    cache.batch_repeat_interleave(len(members))
+                pos = torch.arange(shared, shared + width, device=self.device).unsqueeze(0).expand(len(members), -1)
+                kwargs = {"past_key_values": cache, "position_ids": pos, "use_cache": True}
+            # Logits only from the first requested position on: the LM head over every prompt
+            # position costs as much as the rest of a small model.
+            first = min(min(positions[i]) for i in members) - shared
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first, **kwargs).logits
             for row, i in enumerate(members):
-                rel = [p - shared for p in positions[i]]
+                rel = [p - shared - first for p in positions[i]]
                 results[i] = torch.log_softmax(logits[row, rel].float(), dim=-1).cpu()
-
-
-def _copy_cache(cache):
-    import copy
-
-    return copy.deepcopy(cache)
 
 
 def _chunks(items: list[int], lengths: list[int]):

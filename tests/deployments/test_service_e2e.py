@@ -1,0 +1,143 @@
+"""End to end over HTTP against the real Serve app with the real small models (started once)."""
+
+import json
+
+import pytest
+
+from core.paths import STARTER_DIR
+from core.workflow import parse_mermaid
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+OUT_OF_DOMAIN = {"title": "zzzz qqqq xxxx", "description": ""}
+
+
+def _starter_tickets():
+    rows = [json.loads(x) for x in (STARTER_DIR / "tickets.jsonl").read_text().splitlines() if x.strip()]
+    return [{k: r[k] for k in ("title", "description", "source", "labels")} | {"expected": r["expected_task"]}
+            for r in rows]
+
+
+def _check_result(result, task_map):
+    parse_mermaid(result["workflow"]["mermaid"])  # raises on anything that is not a valid flowchart
+    assert result["workflow"]["mermaid"] == result["candidates"][result["best_index"]]["workflow"]["mermaid"]
+    for cand in result["candidates"]:
+        parse_mermaid(cand["workflow"]["mermaid"])
+        scores = cand["scores"]
+        dims = [scores[d] for d in ("relevance", "coverage", "accuracy", "coherence", "conciseness")]
+        assert all(1 <= v <= 5 for v in dims)
+        assert scores["overall"] == pytest.approx(sum(dims) / 5, abs=1e-3)
+    best = result["candidates"][result["best_index"]]["scores"]["overall"]
+    assert best == max(c["scores"]["overall"] for c in result["candidates"])
+    assert result["map_version"] == task_map["version"]
+    want = task_map["fallback"] if result["task"] == "unknown" else task_map["routes"][result["task"]]
+    assert result["expert"] == want, "routing must follow the live map"
+    assert set(result["timings_ms"]) >= {"classify", "plan", "score", "total"}
+
+
+def test_health_and_map(service):
+    h = service.get("/healthz").json()
+    assert h["status"] == "ok" and len(h["experts"]) == 3
+    m = service.get("/v1/map").json()
+    assert m["current"]["version"] == "starter-1" and m["history"]
+
+
+def test_tickets_follow_the_map_and_return_valid_mermaid(service):
+    task_map = service.get("/v1/map").json()["current"]
+    tickets = [t for t in _starter_tickets() if t["expected"] != "unknown"]
+    # One ticket from each of two tasks routed to different experts.
+    chosen = [next(t for t in tickets if t["expected"] == "storage"),
+              next(t for t in tickets if t["expected"] == "application")]
+    experts = set()
+    for t in chosen:
+        r = service.post("/v1/tickets", params={"candidates": 2},
+                         json={k: v for k, v in t.items() if k != "expected"})
+        assert r.status_code == 200, r.text
+        result = r.json()
+        _check_result(result, task_map)
+        assert len(result["candidates"]) >= 1 and result["retrieved_examples"]
+        assert result["context_ids"], "the planner must be grounded in retrieved knowledge"
+        experts.add(result["expert"])
+    assert len(experts) == 2
+
+
+def test_unknown_goes_to_the_fallback_expert(service):
+    task_map = service.get("/v1/map").json()["current"]
+    r = service.post("/v1/tickets", params={"candidates": 1}, json=OUT_OF_DOMAIN)
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["task"] == "unknown" and result["expert"] == task_map["fallback"]
+    _check_result(result, task_map)
+
+
+@pytest.mark.parametrize("body, status", [
+    ({}, 422),
+    ({"title": ""}, 422),
+    ({"title": "   "}, 422),
+    ({"title": 5}, 422),
+    ({"title": "ok", "labels": "not-a-list"}, 422),
+    ({"title": "ok", "surprise": 1}, 422),
+    ({"title": "x" * 501}, 422),
+    ({"title": "ok", "description": "y" * 9000}, 413),
+])
+def test_bad_tickets_get_4xx_with_reason(service, body, status):
+    r = service.post("/v1/tickets", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]
+
+
+def test_malformed_bodies(service):
+    r = service.post("/v1/tickets", content=b'{"title": "\xff\xfe bad"}', timeout=30,
+                     headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    r = service.post("/v1/tickets", content=b"not json", timeout=30, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422)
+    r = service.post("/v1/tickets", content=b"x" * 2_100_000, timeout=30,
+                     headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = service.post("/v1/tickets", params={"expert": "no-such-expert"}, json={"title": "disk full"}, timeout=30)
+    assert r.status_code == 404 and "no-such-expert" in r.json()["detail"]
+    r = service.post("/v1/tickets", params={"candidates": 0}, json={"title": "disk full"}, timeout=30)
+    assert r.status_code == 422
+    r = service.post("/v1/tickets/batch", json={"tickets": []}, timeout=30)
+    assert r.status_code == 422
+
+
+def test_batch_and_openai_compatible_api(service):
+    r = service.post("/v1/tickets/batch", params={"candidates": 1},
+                     json={"tickets": [{"title": "VPN tunnel to Lyon office down"}, OUT_OF_DOMAIN]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 2
+    models = service.get("/v1/models").json()["data"]
+    assert [m["id"] for m in models][0] == "flowrouter"
+    r = service.post("/v1/chat/completions", json={
+        "model": "smollm2-generalist", "n": 1,
+        "messages": [{"role": "system", "content": "ignored"},
+                     {"role": "user", "content": "Pods crashlooping in prod\nOOMKilled after deploy"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "smollm2-generalist" and body["flowrouter"]["decision_path"].startswith("forced")
+    content = body["choices"][0]["message"]["content"]
+    assert content.startswith("```mermaid\n") and content.endswith("\n```")
+    parse_mermaid(content.removeprefix("```mermaid\n").removesuffix("\n```"))
+    assert service.post("/v1/chat/completions", json={"model": "gpt-4", "messages": [
+        {"role": "user", "content": "x"}]}, timeout=30).status_code == 404
+    assert service.post("/v1/chat/completions", json={"messages": [
+        {"role": "assistant", "content": "x"}]}, timeout=30).status_code == 422
+
+
+def test_map_publish_and_rollback_live(service):
+    before = service.get("/v1/map").json()["current"]
+    everything_to_generalist = {"version": "e2e-all-generalist", "fallback": "smollm2-generalist",
+                                "routes": {t: "smollm2-generalist" for t in before["routes"]}}
+    bad = dict(everything_to_generalist, version="e2e-bad", routes={"network": "ghost"})
+    r = service.post("/v1/map", json=bad, timeout=30)
+    assert r.status_code == 409 and "ghost" in r.json()["detail"]
+    r = service.post("/v1/map", json=everything_to_generalist, timeout=30)
+    assert r.status_code == 200, r.text
+    r = service.post("/v1/tickets", params={"candidates": 1}, json={"title": "Postgres replication lag 20 min"})
+    assert r.status_code == 200 and r.json()["expert"] == "smollm2-generalist"
+    assert r.json()["map_version"] == "e2e-all-generalist"
+    r = service.post("/v1/map/rollback", timeout=30)
+    assert r.status_code == 200 and r.json()["restored"] == before["version"]
+    assert service.get("/v1/map").json()["current"]["version"] == before["version"]
