@@ -27,6 +27,7 @@ from core.schemas import Candidate, Classification, Scores, Ticket, TicketResult
 from core.task_map import MapError, TaskMap
 from core.workflow import Workflow
 from deployments.map_registry import get_registry
+from deployments.ticket_store import DONE, TicketStore
 from experts.scorer import best_index
 from router.examples import load_tasks
 from router.routing import get_router
@@ -72,6 +73,14 @@ def _out(wf: Workflow) -> WorkflowOut:
     return WorkflowOut(mermaid=wf.to_mermaid(), steps=wf.steps, edges=wf.edges)
 
 
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verdict: str = Field(pattern="^(accept|reject)$", description="accept or reject the returned workflow")
+    candidate: int | None = Field(default=None, ge=0, le=63,
+                                  description="Which candidate is judged (default: the best one)")
+    comment: str | None = Field(default=None, max_length=2000)
+
+
 class TicketFailed(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -115,6 +124,7 @@ class Ingress:
         initial = TaskMap.load(self.cfg.map)
         self.registry = get_registry(f"{state_dir}/maps", initial.model_dump(), self.tasks, self.experts)
         self.task_map = TaskMap.model_validate(ray.get(self.registry.current.remote()))
+        self.store = TicketStore(f"{state_dir}/tickets.sqlite")
         self._checked = time.monotonic()
         self._map_lock = asyncio.Lock()
 
@@ -134,11 +144,7 @@ class Ingress:
     # ---- the request path ------------------------------------------------------------------
     async def solve(self, ticket: Ticket, n: int | None = None, expert: str | None = None) -> TicketResult:
         text = ticket.text()
-        if len(text) > self.cfg.serve.max_ticket_chars:
-            raise TicketFailed(413, f"ticket text is {len(text)} characters; the limit is "
-                                    f"{self.cfg.serve.max_ticket_chars}")
-        if expert is not None and expert not in self.planners:
-            raise TicketFailed(404, f"unknown expert {expert!r}; deployed: {sorted(self.planners)}")
+        self.precheck(ticket, expert)
         task_map = await self.current_map()  # the whole request uses this snapshot
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -166,7 +172,7 @@ class Ingress:
         best = candidates[best_index(scores)]
         timings["total"] = (time.perf_counter() - t0) * 1000
         return TicketResult(
-            ticket_id=ticket.id or uuid.uuid4().hex,
+            ticket_id=ticket.id,
             task=cls.task,
             confidence=round(cls.confidence, 4),
             decision_path=cls.decided_by if expert is None else f"forced:{expert}",
@@ -182,11 +188,36 @@ class Ingress:
             dropped_candidates=plan["dropped"],
         )
 
+    def precheck(self, ticket: Ticket, expert: str | None) -> None:
+        """Refuse what cannot be served before anything is recorded or computed."""
+        size = len(ticket.text())
+        if size > self.cfg.serve.max_ticket_chars:
+            raise TicketFailed(413, f"ticket text is {size} characters; the limit is "
+                                    f"{self.cfg.serve.max_ticket_chars}")
+        if expert is not None and expert not in self.planners:
+            raise TicketFailed(404, f"unknown expert {expert!r}; deployed: {sorted(self.planners)}")
+
     async def _solve_http(self, ticket: Ticket, n: int | None, expert: str | None) -> TicketResult:
+        """Record the ticket durably, solve it, record the outcome; HTTP errors carry the reason."""
         try:
-            return await self.solve(ticket, n, expert)
+            self.precheck(ticket, expert)
         except TicketFailed as exc:
             raise HTTPException(status_code=exc.status, detail=exc.reason) from None
+        ticket_id = ticket.id or uuid.uuid4().hex
+        ticket = ticket.model_copy(update={"id": ticket_id})
+        if not self.store.accept(ticket_id, ticket.model_dump(), {"n": n, "expert": expert}):
+            raise HTTPException(409, f"ticket id {ticket_id!r} was already submitted")
+        self.store.start(ticket_id)
+        try:
+            result = await self.solve(ticket, n, expert)
+        except TicketFailed as exc:
+            self.store.fail(ticket_id, exc.reason)
+            raise HTTPException(status_code=exc.status, detail=exc.reason) from None
+        except Exception as exc:
+            self.store.fail(ticket_id, f"{type(exc).__name__}: {exc}")
+            raise
+        self.store.complete(ticket_id, result.model_dump(mode="json"))
+        return result
 
     # ---- endpoints -------------------------------------------------------------------------
     @app.post("/v1/tickets", response_model=TicketResult, summary="Solve one ticket")
@@ -204,6 +235,29 @@ class Ingress:
                                      f"{self.cfg.serve.max_batch_tickets}")
         results = await asyncio.gather(*[self._solve_http(t, candidates, None) for t in body.tickets])
         return BatchResult(results=list(results))
+
+    @app.get("/v1/tickets/{ticket_id}", summary="Status and result of a submitted ticket")
+    async def get_ticket(self, ticket_id: str) -> dict[str, Any]:
+        row = self.store.get(ticket_id)
+        if row is None:
+            raise HTTPException(404, f"no ticket {ticket_id!r}")
+        return {"ticket_id": row["id"], "status": row["status"], "result": row.get("result"),
+                "error": row.get("error"), "attempts": row["attempts"]}
+
+    @app.post("/v1/tickets/{ticket_id}/feedback", status_code=201,
+              summary="An operator accepts or rejects a returned workflow (training data)")
+    async def post_feedback(self, ticket_id: str, body: Feedback) -> dict[str, Any]:
+        row = self.store.get(ticket_id)
+        if row is None:
+            raise HTTPException(404, f"no ticket {ticket_id!r}")
+        if row["status"] != DONE:
+            raise HTTPException(409, f"ticket {ticket_id!r} has no result yet (status {row['status']})")
+        n = len(row["result"]["candidates"])
+        candidate = row["result"]["best_index"] if body.candidate is None else body.candidate
+        if candidate >= n:
+            raise HTTPException(422, f"candidate {candidate} does not exist (ticket has {n})")
+        fid = self.store.add_feedback(ticket_id, body.verdict, candidate, body.comment)
+        return {"feedback_id": fid, "ticket_id": ticket_id, "verdict": body.verdict, "candidate": candidate}
 
     @app.get("/v1/map", summary="The live task->expert map and its history")
     async def get_map(self) -> dict[str, Any]:

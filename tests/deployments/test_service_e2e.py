@@ -141,3 +141,23 @@ def test_map_publish_and_rollback_live(service):
     r = service.post("/v1/map/rollback", timeout=30)
     assert r.status_code == 200 and r.json()["restored"] == before["version"]
     assert service.get("/v1/map").json()["current"]["version"] == before["version"]
+
+
+def test_results_are_stored_and_feedback_is_recorded(service):
+    r = service.post("/v1/tickets", params={"candidates": 1}, json={"title": "DNS SERVFAIL for corp.internal",
+                                                                    "id": "e2e-feedback-1"})
+    assert r.status_code == 200, r.text
+    stored = service.get("/v1/tickets/e2e-feedback-1").json()
+    assert stored["status"] == "done" and stored["result"]["workflow"] == r.json()["workflow"]
+    again = service.post("/v1/tickets", json={"title": "dup", "id": "e2e-feedback-1"}, timeout=30)
+    assert again.status_code == 409
+    fb = service.post("/v1/tickets/e2e-feedback-1/feedback", json={"verdict": "accept"}, timeout=30)
+    assert fb.status_code == 201 and fb.json()["candidate"] == r.json()["best_index"]
+    assert service.post("/v1/tickets/e2e-feedback-1/feedback", json={"verdict": "maybe"}, timeout=30).status_code == 422
+    assert service.post("/v1/tickets/e2e-feedback-1/feedback", json={"verdict": "reject", "candidate": 9},
+                        timeout=30).status_code == 422
+    assert service.post("/v1/tickets/nope/feedback", json={"verdict": "accept"}, timeout=30).status_code == 404
+    from deployments.ticket_store import TicketStore
+
+    rows = TicketStore(f"{service.cfg.serve.state_dir}/tickets.sqlite").feedback()
+    assert rows[-1]["ticket_id"] == "e2e-feedback-1" and rows[-1]["result"]["workflow"]
