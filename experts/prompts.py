@@ -42,9 +42,22 @@ def format_context(context, max_steps: int = 10) -> str:
     return "\n\n".join(parts)
 
 
+# Shown only when no knowledge was retrieved: the numbered form to imitate then comes from here.
+PLANNER_EXAMPLE = """Ticket: Checkout API returns HTTP 502 for most users since the 14:05 release
+Workflow:
+1. Check the 5xx rate and latency of the checkout service on the dashboard
+2. Did the errors start with the 14:05 release?
+3. Roll back the checkout service to the previous release
+4. Inspect the checkout pod logs for upstream connection errors
+5. Confirm the 5xx rate is back under the SLO threshold"""
+
+
 def planner_user_message(ticket: str, context_text: str) -> str:
-    knowledge = f"Reference knowledge:\n{context_text}\n\n" if context_text else ""
-    return f"{PLANNER_INSTRUCTION}\n\n{knowledge}Ticket: {_clip(ticket, 1200)}\nWorkflow:"
+    if context_text:
+        guide = f"Reference knowledge:\n{context_text}\n\n"
+    else:
+        guide = f"Example:\n{PLANNER_EXAMPLE}\n\n"
+    return f"{PLANNER_INSTRUCTION}\n\n{guide}Ticket: {_clip(ticket, 1200)}\nWorkflow:"
 
 
 def scorer_user_message(ticket: str, workflow_text: str, dimension: str) -> str:

@@ -52,8 +52,11 @@ class Engine(ABC):
     def label_probs(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
         """For each prompt, a distribution over `labels` as the next text (sums to 1).
 
-        Single-token labels are exactly next-token probabilities renormalised over the set;
-        multi-token labels use the full continuation likelihood.
+        The labels' distinguishing tokens are scored after their shared stem (`label_split`):
+        next-token probabilities renormalised over the set, exact when labels differ in one
+        token (" 1".." 5"), the first-token distribution for longer labels whose first tokens
+        differ (task names). Labels that share their first distinguishing token fall back to
+        full continuation likelihoods.
         """
 
     @abstractmethod
@@ -65,3 +68,21 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the model (engines that own processes or devices override this)."""
+
+
+def label_split(prompt_ids: list[int], with_labels: list[list[int]]) -> tuple[list[int], list[int]] | None:
+    """(shared stem, first distinguishing token per label) for `label_probs`, or None.
+
+    `with_labels[i]` is the tokenisation of prompt + labels[i]. None when a label changes the
+    prompt's own tokens, is empty, or two labels share their distinguishing token.
+    """
+    tails = []
+    for full in with_labels:
+        if full[: len(prompt_ids)] != prompt_ids or len(full) == len(prompt_ids):
+            return None
+        tails.append(full[len(prompt_ids):])
+    stem_len = min(len(t) for t in tails) - 1
+    while stem_len > 0 and any(t[:stem_len] != tails[0][:stem_len] for t in tails):
+        stem_len -= 1
+    ids = [t[stem_len] for t in tails]
+    return (tails[0][:stem_len], ids) if len(set(ids)) == len(ids) else None

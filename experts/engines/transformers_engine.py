@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from experts.engines.base import Engine, Generation, SamplingParams
+from experts.engines.base import Engine, Generation, SamplingParams, label_split
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,7 @@ class TransformersEngine(Engine):
             return []
         split = self._label_split(prompts[0], labels)
         if split is not None:
-            # Labels that differ in one token after a shared stem (" 1".." 5" is "Ġ"+digit for
-            # SmolLM2): one forward pass per prompt gives the whole distribution.
+            # One forward pass per prompt gives the whole distribution (see Engine.label_probs).
             stem, ids = split
             seqs = [self._encode_prompt(p) + stem for p in prompts]
             rows = self._logprobs_at(seqs, [[len(s) - 1] for s in seqs])
@@ -180,25 +179,7 @@ class TransformersEngine(Engine):
         return out
 
     def _label_split(self, prompt: str, labels: list[str]) -> tuple[list[int], list[int]] | None:
-        """(shared stem tokens, the first distinguishing token of each label), or None.
-
-        " 1".." 5" is "Ġ"+digit for SmolLM2: the stem "Ġ" is appended to the prompt and the digits
-        are exact next tokens. For multi-token labels whose first tokens already differ (task
-        names: " network", " kubernetes" = "Ġk"+"uber"+"netes"), the distribution over those first
-        tokens is the label distribution, one forward pass per prompt instead of one per label.
-        """
-        base = self._encode_prompt(prompt)
-        tails = []
-        for lab in labels:
-            full = self._encode_prompt(prompt + lab)
-            if full[: len(base)] != base or len(full) == len(base):
-                return None
-            tails.append(full[len(base):])
-        stem_len = min(len(t) for t in tails) - 1
-        while stem_len > 0 and any(t[:stem_len] != tails[0][:stem_len] for t in tails):
-            stem_len -= 1
-        ids = [t[stem_len] for t in tails]
-        return (tails[0][:stem_len], ids) if len(set(ids)) == len(ids) else None
+        return label_split(self._encode_prompt(prompt), [self._encode_prompt(prompt + lab) for lab in labels])
 
     @torch.inference_mode()
     def _logprobs_at(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:

@@ -42,7 +42,7 @@ import os
 import threading
 from pathlib import Path
 
-from experts.engines.base import Engine, Generation, SamplingParams
+from experts.engines.base import Engine, Generation, SamplingParams, label_split
 
 log = logging.getLogger(__name__)
 
@@ -329,11 +329,13 @@ class VLLMEngine(Engine):
             raise ValueError("labels must be non-empty")
         if not prompts:
             return []
-        single = self._single_token_ids(prompts[0], labels)
-        if single is not None:
-            # Exactly next-token probabilities of the label tokens, renormalised over the labels.
-            encoded = [self._encode_prompt(p) for p in prompts]
-            items = [(ids + [t], len(ids)) for ids in encoded for t in single]
+        split = label_split(self._encode_prompt(prompts[0]), [self._encode_prompt(prompts[0] + lab) for lab in labels])
+        if split is not None:
+            # Next-token probabilities of each label's distinguishing token after the shared stem,
+            # renormalised over the labels (Engine.label_probs defines this for every engine).
+            stem, firsts = split
+            encoded = [self._encode_prompt(p) + stem for p in prompts]
+            items = [(ids + [t], len(ids)) for ids in encoded for t in firsts]
         else:
             # Multi-token labels: full continuation likelihoods, as the transformers engine does.
             items = [self._split(p, lab) for p in prompts for lab in labels]
@@ -343,16 +345,6 @@ class VLLMEngine(Engine):
             dist = _softmax(flat[i * len(labels) : (i + 1) * len(labels)])
             out.append(dict(zip(labels, dist)))
         return out
-
-    def _single_token_ids(self, prompt: str, labels: list[str]) -> list[int] | None:
-        base = self._encode_prompt(prompt)
-        ids = []
-        for lab in labels:
-            full = self._encode_prompt(prompt + lab)
-            if len(full) != len(base) + 1 or full[: len(base)] != base:
-                return None
-            ids.append(full[-1])
-        return ids if len(set(ids)) == len(ids) else None
 
     def close(self) -> None:
         """Stop vLLM's engine-core process and free the model."""
