@@ -1,0 +1,365 @@
+"""Building a leaderboard: every expert on every task, checkpointed, resumable, incremental.
+
+`build_leaderboard(taskset, specs, out_dir, max_items)` samples at most `max_items` items per task
+(deterministic), skips every (expert version, item) that already has a result under the same
+evaluation settings, evaluates the rest with a progress bar and appends results to Parquet part
+files every `flush_every` items (and on any exception), then derives the score matrix, the map
+(eq. 5 / eq. 8) and the heatmap. Interrupt it, or let an engine fail, and the next call continues
+with the items that have no result yet.
+
+`add_model(spec, out_dir)` adds (or replaces, by name) one expert in an existing leaderboard:
+only that expert is evaluated, the others' results are reused, and the map diff is returned.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import logging
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from core.config import ModelSpec
+from core.task_map import MapError, TaskMap
+from experts.engines.base import Engine
+from leaderboard.derive import MapDiff, ScoreMatrix, averages, content_hash, derive_map, diff_maps, \
+    matrix_from_rows
+from leaderboard.evaluate import EvalSettings, ItemResult, PlanFn, SimilarityFn, evaluate_items, sample_items
+from leaderboard.results import ResultStore, read_manifest, utc_now, write_manifest
+from leaderboard.tasksets import TaskSet, WorkflowItem
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ModelSpec], Engine]
+PlanFnFactory = Callable[[ModelSpec, Engine], PlanFn]
+
+
+class LeaderboardError(RuntimeError):
+    """A leaderboard that cannot be built or read (no items, no experts, no results folder)."""
+
+
+def default_engine_factory(spec: ModelSpec) -> Engine:
+    """`experts.engines.registry.build_engine(spec)` when that module exists, else a
+    TransformersEngine on the spec's weights (chat unless prompt_format is 'completion')."""
+    try:
+        from experts.engines.registry import build_engine
+    except ModuleNotFoundError as exc:
+        if exc.name != "experts.engines.registry":
+            raise
+        build_engine = None
+    if build_engine is not None:
+        return build_engine(spec)
+    from experts.engines.transformers_engine import TransformersEngine
+    from experts.engines.weights import resolve_weights
+
+    return TransformersEngine(resolve_weights(spec.base), name=spec.name, adapter=spec.adapter,
+                              chat=spec.prompt_format != "completion", threads=spec.threads, dtype=spec.dtype)
+
+
+@dataclass
+class LeaderboardRun:
+    """What a build (or `load_leaderboard`) produced."""
+
+    out_dir: Path
+    taskset_name: str
+    taskset_version: str
+    settings_key: str
+    matrix: ScoreMatrix
+    task_map: TaskMap | None
+    map_path: Path | None
+    map_is_new: bool = False
+    evaluated: dict[str, int] = field(default_factory=dict)  # expert -> items evaluated in this call
+    reused: dict[str, int] = field(default_factory=dict)  # expert -> items already present
+    seconds_per_item: dict[str, float] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    classification: dict | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.matrix.missing()
+
+
+@dataclass
+class AddModelResult:
+    run: LeaderboardRun
+    old_map: TaskMap | None
+    new_map: TaskMap | None
+    diff: MapDiff | None
+    replaced: ModelSpec | None  # the spec of the same name that the new one replaced
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+
+
+def _row(r: ItemResult, spec: ModelSpec, fp: str, key: str, tv: str, item_key: str) -> dict:
+    return {"expert_version": fp, "expert": spec.name, "settings_key": key, "taskset_version": tv,
+            "task": r.task, "item_id": r.item_id, "item_key": item_key, "kind": r.kind, "score": r.score,
+            "correct": r.correct, "prediction": r.prediction, "reference": r.reference,
+            "latency_s": r.latency_s, "detail": json.dumps(r.detail, ensure_ascii=False), "created": utc_now()}
+
+
+def build_leaderboard(
+    taskset: TaskSet,
+    specs: Sequence[ModelSpec],
+    out_dir: str | Path,
+    max_items: int | None = None,
+    *,
+    seed: int = 0,
+    settings: EvalSettings | None = None,
+    engine_factory: EngineFactory | None = None,
+    plan_fn_factory: PlanFnFactory | None = None,
+    similarity_fn: SimilarityFn | None = None,
+    only: Iterable[str] | None = None,
+    progress: bool = True,
+    flush_every: int = 8,
+    plots: bool = True,
+    classify: Callable[[list[str]], list[str]] | None = None,
+) -> LeaderboardRun:
+    """Evaluate every expert in `specs` on at most `max_items` items per task of `taskset`.
+
+    `only` (expert versions) restricts evaluation to those experts; the others' stored results are
+    still used for the matrix. `engine_factory(spec)` loads an expert (default: the registry /
+    TransformersEngine), only when it has items left to evaluate. `plan_fn_factory(spec, engine)`
+    gives the planner for workflow items. `classify(texts) -> tasks`, when given, is scored on the
+    task set's holdout (confusion matrix figure and classification.json).
+    """
+    specs = list(specs)
+    if not specs:
+        raise LeaderboardError("no experts to evaluate")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise LeaderboardError(f"expert names must be unique: {names}")
+    if not taskset.items:
+        raise LeaderboardError(f"task set {taskset.name!r} has no evaluation items (classification only): "
+                               "experts cannot be ranked on it; use it to evaluate the classifier, or add "
+                               "items (MC, free text or workflow cases)")
+    settings = settings or EvalSettings()
+    engine_factory = engine_factory or default_engine_factory
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(out)
+    tv, key = taskset.version(), settings.key()
+    ts_dir = out / "tasksets" / tv
+    if not (ts_dir / "taskset.yaml").exists():
+        taskset.save(ts_dir)
+    write_manifest(out, {
+        "taskset": {"name": taskset.name, "version": tv, "dir": str(ts_dir.relative_to(out))},
+        "settings": asdict(settings), "settings_key": key, "max_items": max_items, "seed": seed,
+        "experts": [s.model_dump(mode="json") for s in specs], "updated": utc_now(),
+    })
+
+    items = sample_items(taskset.items, max_items, seed)
+    item_keys = {i.id: i.key() for i in items}
+    only_set = set(only) if only is not None else None
+    pending: dict[str, list] = {}
+    reused: dict[str, int] = {}
+    for spec in specs:
+        done = store.done(spec.fingerprint(), key)
+        todo = [i for i in items if item_keys[i.id] not in done]
+        reused[spec.name] = len(items) - len(todo)
+        if only_set is None or spec.fingerprint() in only_set:
+            pending[spec.name] = todo
+    evaluated = {s.name: 0 for s in specs}
+    total = sum(len(v) for v in pending.values())
+    log.info("leaderboard %s@%s: %d items/task selected, %d evaluations to run", taskset.name, tv,
+             max_items or -1, total)
+
+    with _progress(progress and total > 0) as bar:
+        overall = bar.add_task("leaderboard", total=total) if bar else None
+        for spec in specs:
+            todo = pending.get(spec.name) or []
+            if not todo:
+                continue
+            fp = spec.fingerprint()
+            if bar:
+                bar.update(overall, description=f"{spec.name}: loading")
+            engine = engine_factory(spec)
+            try:
+                plan_fn = None
+                if plan_fn_factory and any(isinstance(i, WorkflowItem) for i in todo):
+                    plan_fn = plan_fn_factory(spec, engine)
+                buffer: list[dict] = []
+                try:
+                    for batch in evaluate_items(engine, spec, todo, settings=settings, plan_fn=plan_fn,
+                                                similarity_fn=similarity_fn):
+                        buffer.extend(_row(r, spec, fp, key, tv, item_keys[r.item_id]) for r in batch)
+                        evaluated[spec.name] += len(batch)
+                        if bar:
+                            bar.update(overall, advance=len(batch), description=f"{spec.name} · {batch[0].task}")
+                        if len(buffer) >= flush_every:
+                            store.write(buffer)
+                            buffer = []
+                finally:
+                    # Whatever finished before a failure or an interrupt is kept for the next run.
+                    store.write(buffer)
+            finally:
+                engine.close()
+                del engine
+                gc.collect()
+
+    run = _collect(out, store, taskset, items, item_keys, specs, key)
+    run.evaluated, run.reused = evaluated, reused
+    _finish(run, taskset, max_items, plots, classify)
+    return run
+
+
+def _collect(out: Path, store: ResultStore, taskset: TaskSet, items: list, item_keys: dict, specs, key) -> LeaderboardRun:
+    wanted = {item_keys[i.id] for i in items}
+    rows, latency = [], {}
+    for spec in specs:
+        own = [r for r in store.rows([spec.fingerprint()], key) if r["item_key"] in wanted]
+        rows.extend({**r, "expert": spec.name} for r in own)
+        if own:
+            latency[spec.name] = sum(r["latency_s"] or 0.0 for r in own) / len(own)
+    expected: dict[str, int] = {}
+    for i in items:
+        expected[i.task] = expected.get(i.task, 0) + 1
+    matrix = matrix_from_rows(rows, taskset.task_names, [s.name for s in specs], expected)
+    return LeaderboardRun(out_dir=out, taskset_name=taskset.name, taskset_version=taskset.version(),
+                          settings_key=key, matrix=matrix, task_map=None, map_path=None,
+                          seconds_per_item=latency)
+
+
+def latest_map(out_dir: str | Path) -> tuple[TaskMap, Path] | None:
+    """The most recently derived map in `<out_dir>/maps`, with its file."""
+    folder = Path(out_dir) / "maps"
+    found = []
+    for p in folder.glob("*.yaml") if folder.exists() else []:
+        try:
+            m = TaskMap.load(p)
+        except MapError:
+            continue
+        found.append((m.created, p.name, m, p))
+    if not found:
+        return None
+    found.sort(key=lambda x: (x[0], x[1]))
+    return found[-1][2], found[-1][3]
+
+
+def _finish(run: LeaderboardRun, taskset: TaskSet, max_items, plots: bool, classify) -> None:
+    out = run.out_dir
+    matrix = run.matrix
+    _write_scores(out / "scores.csv", matrix, run.seconds_per_item)
+    if run.complete:
+        source = (f"leaderboard {taskset.name}@{run.taskset_version} settings {run.settings_key} "
+                  f"max_items {max_items if max_items is not None else 'all'}; experts "
+                  + ", ".join(matrix.experts))
+        new = derive_map(matrix, source=source)
+        prev = latest_map(out)
+        if prev and content_hash(prev[0]) == content_hash(new) and prev[0].routes == new.routes:
+            run.task_map, run.map_path = prev
+        else:
+            (out / "maps").mkdir(exist_ok=True)
+            path = out / "maps" / f"{new.version}.yaml"
+            new.dump(path)
+            run.task_map, run.map_path, run.map_is_new = new, path, True
+    else:
+        log.warning("leaderboard incomplete (%d cells short of items): no map derived", len(matrix.missing()))
+    if classify is not None and taskset.holdout:
+        from leaderboard.evaluate import evaluate_classifier
+
+        report = evaluate_classifier(classify, taskset.holdout, taskset.task_names)
+        run.classification = report.as_dict()
+        (out / "classification.json").write_text(json.dumps(run.classification, indent=2), encoding="utf-8")
+        if plots:
+            from leaderboard.plots import plot_confusion
+
+            run.figures.append(plot_confusion(report, out / "confusion.png",
+                                              title=f"Classifier on {taskset.name} holdout"))
+    if plots and matrix.eval_tasks():
+        from leaderboard.plots import plot_leaderboard
+
+        title = f"{taskset.name} @ {run.taskset_version} (max {max_items or 'all'} items/task)"
+        run.figures.append(plot_leaderboard(matrix, out / "leaderboard.png", title=title))
+    summary = {"taskset": taskset.name, "taskset_version": run.taskset_version, "settings_key": run.settings_key,
+               "matrix": matrix.to_rows(), "averages": averages(matrix), "seconds_per_item": run.seconds_per_item,
+               "map": run.task_map.version if run.task_map else None,
+               "map_file": str(run.map_path.relative_to(out)) if run.map_path else None,
+               "missing": [list(m) for m in matrix.missing()], "updated": utc_now()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _write_scores(path: Path, matrix: ScoreMatrix, latency: dict[str, float]) -> None:
+    avg = averages(matrix)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["task", *matrix.experts, "items"])
+        for t in matrix.eval_tasks():
+            w.writerow([t, *[f"{matrix.scores[t][e]:.4f}" if e in matrix.scores[t] else "" for e in matrix.experts],
+                        matrix.expected.get(t, 0)])
+        w.writerow(["average", *[f"{avg[e]:.4f}" if e in avg else "" for e in matrix.experts], ""])
+        w.writerow(["seconds_per_item", *[f"{latency[e]:.3f}" if e in latency else "" for e in matrix.experts], ""])
+    tmp.replace(path)
+
+
+def _manifest_or_fail(out_dir: str | Path) -> dict:
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise LeaderboardError(f"no leaderboard in {out_dir} (no leaderboard.json): run `leaderboard build` first")
+    return manifest
+
+
+def _manifest_taskset(out_dir: Path, manifest: dict) -> TaskSet:
+    return TaskSet.load(out_dir / manifest["taskset"]["dir"])
+
+
+def load_leaderboard(out_dir: str | Path, plots: bool = False) -> LeaderboardRun:
+    """The current matrix and latest map of an existing results folder, without evaluating."""
+    out = Path(out_dir)
+    manifest = _manifest_or_fail(out)
+    taskset = _manifest_taskset(out, manifest)
+    specs = [ModelSpec.model_validate(s) for s in manifest["experts"]]
+    items = sample_items(taskset.items, manifest.get("max_items"), manifest.get("seed", 0))
+    item_keys = {i.id: i.key() for i in items}
+    run = _collect(out, ResultStore(out), taskset, items, item_keys, specs, manifest["settings_key"])
+    found = latest_map(out)
+    if found:
+        run.task_map, run.map_path = found
+    if plots and run.matrix.eval_tasks():
+        from leaderboard.plots import plot_leaderboard
+
+        run.figures.append(plot_leaderboard(run.matrix, out / "leaderboard.png", title=f"{taskset.name}"))
+    return run
+
+
+def add_model(
+    spec: ModelSpec,
+    out_dir: str | Path,
+    *,
+    taskset: TaskSet | None = None,
+    engine_factory: EngineFactory | None = None,
+    plan_fn_factory: PlanFnFactory | None = None,
+    similarity_fn: SimilarityFn | None = None,
+    progress: bool = True,
+    plots: bool = True,
+) -> AddModelResult:
+    """Add `spec` to the leaderboard in `out_dir` (replacing an expert of the same name), evaluating
+    only it: the task set, item sample, settings and other experts come from the folder's
+    manifest. Returns the previous latest map, the new one and their diff."""
+    out = Path(out_dir)
+    manifest = _manifest_or_fail(out)
+    taskset = taskset or _manifest_taskset(out, manifest)
+    old_specs = [ModelSpec.model_validate(s) for s in manifest["experts"]]
+    replaced = next((s for s in old_specs if s.name == spec.name), None)
+    specs = [s for s in old_specs if s.name != spec.name] + [spec]
+    prev = latest_map(out)
+    run = build_leaderboard(
+        taskset, specs, out, manifest.get("max_items"),
+        seed=manifest.get("seed", 0), settings=EvalSettings(**manifest["settings"]), engine_factory=engine_factory,
+        plan_fn_factory=plan_fn_factory, similarity_fn=similarity_fn, only=[spec.fingerprint()],
+        progress=progress, plots=plots,
+    )
+    old_map = prev[0] if prev else None
+    diff = diff_maps(old_map, run.task_map) if run.task_map else None
+    return AddModelResult(run=run, old_map=old_map, new_map=run.task_map, diff=diff, replaced=replaced)
