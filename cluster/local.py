@@ -88,7 +88,11 @@ def deploy(cfg: FlowRouterConfig, knowledge_dir: str | None, address: str | None
     from deployments.app import build_app
 
     if address:
-        ray.init(address=address, namespace="flowrouter", log_to_driver=False)
+        # Nodes started on 127.0.0.1 (one-host clusters, tests) register under that address: the driver
+        # must say it is on that node too, or it waits for a raylet on the machine's external IP.
+        loopback = address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+        ray.init(address=address, namespace="flowrouter", log_to_driver=False,
+                 **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(total_cpus([cfg.classifier.model, cfg.scorer.model, *cfg.experts],
                                                                 cfg.serve)) + 1)
@@ -96,7 +100,8 @@ def deploy(cfg: FlowRouterConfig, knowledge_dir: str | None, address: str | None
             cpus = cfg.serve.ray_num_cpus
         ray.init(num_cpus=cpus, include_dashboard=False, namespace="flowrouter", log_to_driver=False,
                  runtime_env={"env_vars": thread_env(1)})
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port,
+    serve.start(proxy_location=cfg.serve.proxy_location,
+                http_options={"host": cfg.serve.host, "port": cfg.serve.port,
                               "request_timeout_s": cfg.serve.request_timeout_s})
     serve.run(build_app(cfg, knowledge_dir), name=cfg.serve.app_name, route_prefix="/", blocking=False)
 
@@ -117,6 +122,10 @@ def run_foreground(config_path: str | None, port: int | None = None) -> int:
     pid_file(cfg).write_text(json.dumps({"pid": os.getpid(), "url": url_of(cfg), "config": cfg.source}))
     try:
         deploy(cfg, knowledge_dir)
+        save_deployed(cfg, knowledge_dir)
+        # Where this private Ray lives (ops and tests: its Prometheus endpoint, its actors).
+        pid_file(cfg).write_text(json.dumps({"pid": os.getpid(), "url": url_of(cfg), "config": cfg.source,
+                                             **ray_endpoints()}))
         print(f"FlowRouter is serving at {url_of(cfg)}", flush=True)
         while not stop["now"]:
             time.sleep(0.5)
@@ -124,6 +133,30 @@ def run_foreground(config_path: str | None, port: int | None = None) -> int:
         _shutdown_ray()
         pid_file(cfg).unlink(missing_ok=True)
     return 0
+
+
+def deployed_file(cfg: FlowRouterConfig) -> Path:
+    return Path(cfg.serve.state_dir) / f"deployed-{cfg.serve.port}.json"
+
+
+def save_deployed(cfg: FlowRouterConfig, knowledge_dir: str | None) -> None:
+    """The config the running app was built from, so later changes (new experts) extend it."""
+    tmp = deployed_file(cfg).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "knowledge_dir": knowledge_dir}))
+    tmp.replace(deployed_file(cfg))
+
+
+def ray_endpoints() -> dict:
+    """The connected Ray's GCS address and each node's Prometheus metrics port."""
+    import ray
+
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return {"ray_address": ray.get_runtime_context().gcs_address,
+                "metrics": [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in nodes]}
+    except Exception as exc:  # informational only
+        log.warning("could not read Ray endpoints: %s", exc)
+        return {}
 
 
 def _shutdown_ray() -> None:

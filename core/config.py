@@ -54,6 +54,10 @@ class ModelSpec(_Strict):
     replicas: int = Field(default=1, ge=1, le=64, description="Ray Serve replicas of this model's deployment.")
     num_cpus: float = Field(default=0.5, ge=0, description="Ray CPUs reserved per replica.")
     num_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per replica (vLLM/transformers on GPU).")
+    resources: dict[str, float] = Field(default_factory=dict,
+                                        description="Custom Ray resources per replica (placement: e.g. "
+                                                    "{worker_node: 0.01} pins replicas to nodes started "
+                                                    "with that resource).")
     max_batch_size: int = Field(default=8, ge=1, le=256, description="Largest dynamic batch per replica.")
     batch_wait_timeout_s: float = Field(default=0.02, ge=0, le=5,
                                         description="How long a replica waits to fill a batch.")
@@ -165,6 +169,45 @@ class ServeConfig(_Strict):
                                                                "enough for every replica).")
     state_dir: str | None = Field(default=None, description="Maps, logs and feedback (default: cache).")
     request_timeout_s: float = Field(default=600, gt=0, description="Longest a ticket may take end to end.")
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
+        default="EveryNode", description="Where Serve runs HTTP proxies: EveryNode on a real cluster; HeadOnly "
+                                         "when several Ray nodes share one host (they would fight over the port).")
+
+
+class FloodConfig(_Strict):
+    """Ticket floods: result cache, single flight, admission control and the durable async queue.
+
+    Defaults suit the 2-core embedded default; see deployments/flood.py for how they interact.
+    """
+
+    cache: bool = Field(default=True, description="Share results: coalesce identical tickets in flight and keep "
+                                                  "a bounded TTL cache of finished results.")
+    cache_ttl_s: float = Field(default=600, gt=0, description="How long a finished result may be served again.")
+    cache_max_entries: int = Field(default=2048, ge=1, description="LRU bound on cached results per ingress replica.")
+    max_inflight_tickets: int = Field(default=8, ge=1, description="Tickets computing at once per ingress replica "
+                                      "(enough to fill model batches; more only queues inside the models).")
+    max_waiting_tickets: int = Field(default=16, ge=0, description="Synchronous tickets waiting for a compute "
+                                     "slot; past it new tickets get 429 with Retry-After.")
+    max_wait_s: float = Field(default=120, gt=0, description="Longest a synchronous ticket waits for a compute slot "
+                                                             "before 503 with Retry-After (it is not recorded).")
+    retry_after_s: float = Field(default=5, ge=1, description="Retry-After when there is no recent throughput to "
+                                                              "estimate from (also Serve's own backpressure 503).")
+    max_async_backlog: int = Field(default=2000, ge=1, description="Queued+running tickets in the durable store past "
+                                   "which async submissions get 429.")
+    async_workers: int = Field(default=4, ge=1, description="Async tickets each ingress replica computes at once.")
+    poll_interval_s: float = Field(default=1.0, gt=0, description="How often the worker looks for queued tickets.")
+    heartbeat_s: float = Field(default=5.0, gt=0, description="How often running tickets are marked alive.")
+    stale_after_s: float = Field(default=30.0, gt=0, description="A running ticket not marked alive for this long "
+                                 "lost its worker (replica crash) and is run again.")
+    max_attempts: int = Field(default=4, ge=1, description="Tries per ticket (replica crashes) before it fails.")
+    stats_window_s: float = Field(default=60, gt=0, description="Window of GET /v1/stats rates and percentiles.")
+
+    @model_validator(mode="after")
+    def _heartbeat_below_stale(self):
+        if self.heartbeat_s * 2 > self.stale_after_s:
+            raise ValueError("flood.stale_after_s must be at least twice flood.heartbeat_s, or live tickets "
+                             "would be taken for crashed ones")
+        return self
 
 
 class FlowRouterConfig(_Strict):
@@ -178,6 +221,8 @@ class FlowRouterConfig(_Strict):
     scorer: ScorerConfig = Field(description="Stage 4.")
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig, description="Knowledge base.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving.")
+    flood: FloodConfig = Field(default_factory=FloodConfig, description="Coalescing, cache, admission control and "
+                                                                        "the durable async queue (ticket floods).")
     source: str | None = Field(default=None, exclude=True, description="File this config was read from.")
 
     @model_validator(mode="after")

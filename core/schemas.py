@@ -87,6 +87,10 @@ class TicketResult(BaseModel):
     knowledge_version: str | None = Field(default=None, description="Knowledge-base version used.")
     timings_ms: dict[str, float]
     dropped_candidates: int = Field(default=0, description="Candidates whose text could not become a workflow.")
+    shared: str | None = Field(default=None, description="null when computed for this ticket; 'coalesced' when it "
+                                                     "joined an identical ticket in flight; 'cache' when a finished "
+                                                     "result was reused (see shared_from).")
+    shared_from: str | None = Field(default=None, description="Ticket id whose computation produced a shared result.")
 
 
 class LabeledQuery(BaseModel):

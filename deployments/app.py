@@ -30,4 +30,5 @@ def build_app(cfg: FlowRouterConfig, knowledge_dir: str | None = None) -> Applic
     }
     scorer = ScorerDeployment.options(**model_deployment_options(cfg.scorer.model, "scorer")).bind(
         cfg.scorer.model_dump(mode="json"))
-    return Ingress.options(**ingress_options(cfg.serve)).bind(config, classifier, planners, scorer, knowledge_dir)
+    return Ingress.options(**ingress_options(cfg.serve, cfg.flood)).bind(config, classifier, planners, scorer,
+                                                                         knowledge_dir)

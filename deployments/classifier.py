@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ray import serve
 
@@ -26,8 +27,10 @@ class ClassifierDeployment:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def classify(self, texts: list[str]) -> list[dict]:
         # Model work runs off the event loop so health checks and queueing stay responsive.
+        t0 = time.perf_counter()
         results = await asyncio.to_thread(self.classifier.classify, texts)
-        return [r.model_dump() for r in results]
+        compute_ms = (time.perf_counter() - t0) * 1000  # the batch's wall time: what each caller waited
+        return [r.model_dump() | {"compute_ms": compute_ms, "batch_size": len(texts)} for r in results]
 
     def tasks(self) -> list[str]:
         return list(self.classifier.names)

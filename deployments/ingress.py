@@ -26,6 +26,8 @@ from core.config import FlowRouterConfig
 from core.schemas import Candidate, Classification, Scores, Ticket, TicketResult, WorkflowOut
 from core.task_map import MapError, TaskMap
 from core.workflow import Workflow
+from deployments.admission import Overloaded
+from deployments.flood import AlreadySubmitted, Deferred, FloodGate
 from deployments.map_registry import get_registry
 from deployments.ticket_store import DONE, TicketStore
 from experts.scorer import best_index
@@ -87,12 +89,31 @@ class TicketFailed(Exception):
         self.status, self.reason = status, reason
 
 
+class _Accepted(Exception):
+    """A synchronous ticket was accepted but finishes later: answer 202 with its status URL."""
+
+    def __init__(self, ticket_id: str, reason: str, retry_after_s: int):
+        super().__init__(reason)
+        self.ticket_id, self.reason, self.retry_after_s = ticket_id, reason, retry_after_s
+
+    def response(self) -> JSONResponse:
+        url = f"/v1/tickets/{self.ticket_id}"
+        return JSONResponse(status_code=202, headers={"Location": url, "Retry-After": str(self.retry_after_s)},
+                            content={"ticket_id": self.ticket_id, "status": "queued", "status_url": url,
+                                     "detail": self.reason})
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError):
     # Keep pydantic's field-by-field reasons; never echo the (possibly huge, untrusted) input back.
     errors = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
               for e in exc.errors()]
     return JSONResponse(status_code=422, content={"detail": "invalid request", "errors": errors})
+
+
+@app.exception_handler(_Accepted)
+async def _accepted_later(request: Request, exc: _Accepted):
+    return exc.response()
 
 
 @app.middleware("http")
@@ -127,6 +148,9 @@ class Ingress:
         self.store = TicketStore(f"{state_dir}/tickets.sqlite")
         self._checked = time.monotonic()
         self._map_lock = asyncio.Lock()
+        # Ticket floods: cache + single flight, admission control, durable async worker (deployments/flood.py).
+        self.flood = FloodGate(self.cfg, self.store, self._compute, self.current_map)
+        self.flood.worker.ensure_started()
 
     # ---- live map --------------------------------------------------------------------------
     async def current_map(self) -> TaskMap:
@@ -142,13 +166,15 @@ class Ingress:
         return self.task_map
 
     # ---- the request path ------------------------------------------------------------------
-    async def solve(self, ticket: Ticket, n: int | None = None, expert: str | None = None) -> TicketResult:
+    async def solve(self, ticket: Ticket, n: int | None = None, expert: str | None = None,
+                    task_map: TaskMap | None = None) -> TicketResult:
         text = ticket.text()
         self.precheck(ticket, expert)
-        task_map = await self.current_map()  # the whole request uses this snapshot
+        task_map = task_map or await self.current_map()  # the whole request uses this snapshot
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        cls = Classification.model_validate(await self.classifier.classify.remote(text))
+        cls_raw = await self.classifier.classify.remote(text)
+        cls = Classification.model_validate(cls_raw)
         t1 = time.perf_counter()
         timings["classify"] = (t1 - t0) * 1000
         chosen = expert or self.router.route(cls.task, task_map)
@@ -161,9 +187,14 @@ class Ingress:
                                     f"({plan['dropped']} candidates unparseable)")
         score_calls = [self.scorer.score.remote({"ticket": text, "workflow": c["workflow"]})
                        for c in plan["candidates"]]
-        scores = [Scores.model_validate(s) for s in await asyncio.gather(*score_calls)]
+        scores_raw = await asyncio.gather(*score_calls)
+        scores = [Scores.model_validate(s) for s in scores_raw]
         t3 = time.perf_counter()
         timings["score"] = (t3 - t2) * 1000
+        # Model compute on the critical path (the rest of `total` is serving overhead and queueing).
+        timings["compute"] = (cls_raw.get("compute_ms", 0.0) + plan["timings_ms"]["retrieval"]
+                              + plan["timings_ms"]["generation"]
+                              + max((s.get("compute_ms", 0.0) for s in scores_raw), default=0.0))
         candidates = []
         for i, (c, s) in enumerate(zip(plan["candidates"], scores)):
             wf = Workflow.model_validate(c["workflow"])
@@ -197,35 +228,85 @@ class Ingress:
         if expert is not None and expert not in self.planners:
             raise TicketFailed(404, f"unknown expert {expert!r}; deployed: {sorted(self.planners)}")
 
-    async def _solve_http(self, ticket: Ticket, n: int | None, expert: str | None) -> TicketResult:
-        """Record the ticket durably, solve it, record the outcome; HTTP errors carry the reason."""
+    async def _compute(self, ticket: Ticket, n: int, expert: str | None, task_map: TaskMap) -> TicketResult:
+        return await self.solve(ticket, n, expert, task_map)
+
+    def _checked_ticket(self, ticket: Ticket, expert: str | None) -> Ticket:
         try:
             self.precheck(ticket, expert)
         except TicketFailed as exc:
             raise HTTPException(status_code=exc.status, detail=exc.reason) from None
-        ticket_id = ticket.id or uuid.uuid4().hex
-        ticket = ticket.model_copy(update={"id": ticket_id})
-        if not self.store.accept(ticket_id, ticket.model_dump(), {"n": n, "expert": expert}):
-            raise HTTPException(409, f"ticket id {ticket_id!r} was already submitted")
-        self.store.start(ticket_id)
+        ticket = ticket.model_copy(update={"id": ticket.id or uuid.uuid4().hex})
+        if self.store.get(ticket.id) is not None:
+            raise HTTPException(409, f"ticket id {ticket.id!r} was already submitted")
+        return ticket
+
+    async def _solve_http(self, ticket: Ticket, n: int | None, expert: str | None, cache: bool = True,
+                          bounded: bool = True) -> TicketResult:
+        """Admit (or refuse with Retry-After), record durably, solve or share, record the outcome."""
+        ticket = self._checked_ticket(ticket, expert)
         try:
-            result = await self.solve(ticket, n, expert)
+            return await self.flood.solve_sync(ticket, n, expert, use_cache=cache, bounded=bounded)
+        except Overloaded as exc:
+            raise HTTPException(exc.status, detail=exc.reason, headers=exc.headers()) from None
+        except AlreadySubmitted:
+            raise HTTPException(409, f"ticket id {ticket.id!r} was already submitted") from None
+        except Deferred as exc:
+            raise _Accepted(exc.ticket_id, exc.reason, exc.retry_after_s) from None
         except TicketFailed as exc:
-            self.store.fail(ticket_id, exc.reason)
             raise HTTPException(status_code=exc.status, detail=exc.reason) from None
-        except Exception as exc:
-            self.store.fail(ticket_id, f"{type(exc).__name__}: {exc}")
-            raise
-        self.store.complete(ticket_id, result.model_dump(mode="json"))
-        return result
 
     # ---- endpoints -------------------------------------------------------------------------
     @app.post("/v1/tickets", response_model=TicketResult, summary="Solve one ticket")
     async def post_ticket(self, ticket: Ticket,
                           candidates: int | None = Query(default=None, ge=1, le=16, description="N (best-of-N)"),
                           expert: str | None = Query(default=None, max_length=100,
-                                                     description="Force this expert instead of routing")):
-        return await self._solve_http(ticket, candidates, expert)
+                                                     description="Force this expert instead of routing"),
+                          mode: str = Query(default="sync", pattern="^(sync|async)$",
+                                            description="async: answer 202 {ticket_id, status_url} at once and "
+                                                        "compute in the background (GET the status_url)"),
+                          cache: bool = Query(default=True, description="false: bypass the result cache and "
+                                              "coalescing (always compute; the result is not cached)")):
+        if mode == "async":
+            return self._submit_async(ticket, candidates, expert, cache)
+        return await self._solve_http(ticket, candidates, expert, cache)  # _Accepted -> 202 (handler above)
+
+    def _submit_async(self, ticket: Ticket, n: int | None, expert: str | None, cache: bool) -> JSONResponse:
+        ticket = self._checked_ticket(ticket, expert)
+        try:
+            body = self.flood.submit_async(ticket, n, expert, use_cache=cache)
+        except Overloaded as exc:
+            raise HTTPException(exc.status, detail=exc.reason, headers=exc.headers()) from None
+        except AlreadySubmitted:
+            raise HTTPException(409, f"ticket id {ticket.id!r} was already submitted") from None
+        return JSONResponse(status_code=202, content=body, headers={"Location": body["status_url"]})
+
+    @app.get("/v1/stats", summary="Flood dashboard numbers of this ingress replica (JSON)")
+    async def stats(self) -> dict[str, Any]:
+        """Rolling-window summary for the console (window `window_s`, default 60 s; per ingress replica,
+        except `store`, which counts the shared durable store). Shape (values null when no data):
+
+            {"replica": str, "uptime_s": float, "window_s": float,
+             "tickets_per_s": float,                       # finished tickets/s in the window
+             "latency_ms": {"p50", "p95", "p99", "count"},  # all finished tickets (computed + shared)
+             "computed_latency_ms": {"p50", "p95", "p99", "count"},  # computed ones only
+             "stage_ms": {"classify"|"plan"|"score": {"p50", "p95", "p99", "count"}},
+             "unknown_rate": float,                        # share classified `unknown`
+             "shared": {"coalesced": float, "cache": float},  # shares of finished tickets
+             "errors": int,                                # failed tickets in the window
+             "rejects": {"total": int, "per_s": float, "by_status": {"429": int, "503": int},
+                         "by_reason": {"queue_full"|"wait_timeout"|"backlog_full": int}},
+             "totals": {"done", "failed", "rejected", "coalesced", "cache", "unknown", "retries"},  # since start
+             "queue": {"inflight", "waiting", "max_inflight", "max_waiting", "throughput_per_s",
+                       "retry_after_s", "rejected", "flights", "async_queued", "async_running", "worker"},
+             "cache": {"entries", "max_entries", "ttl_s", "hits", "misses", "evictions", "expirations",
+                       "enabled", "model_version"},
+             "store": {"queued"|"running"|"done"|"failed": int}}
+        """
+        return self.flood.stats()
+
+    async def check_health(self) -> None:
+        self.flood.worker.ensure_started()  # (re)start the durable worker if its loop is not running
 
     @app.post("/v1/tickets/batch", response_model=BatchResult, summary="Solve several tickets")
     async def post_batch(self, body: BatchRequest,
@@ -233,7 +314,13 @@ class Ingress:
         if len(body.tickets) > self.cfg.serve.max_batch_tickets:
             raise HTTPException(413, f"{len(body.tickets)} tickets in one batch; the limit is "
                                      f"{self.cfg.serve.max_batch_tickets}")
-        results = await asyncio.gather(*[self._solve_http(t, candidates, None) for t in body.tickets])
+        if not self.flood.admission.has_room(len(body.tickets)):
+            self.flood.metrics.observe_reject(429, "queue_full")
+            retry = self.flood.admission.retry_after()
+            raise HTTPException(429, f"over capacity for a batch of {len(body.tickets)}; retry later",
+                                headers={"Retry-After": str(retry)})
+        results = await asyncio.gather(*[self._solve_http(t, candidates, None, bounded=False)
+                                         for t in body.tickets])
         return BatchResult(results=list(results))
 
     @app.get("/v1/tickets/{ticket_id}", summary="Status and result of a submitted ticket")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.config import ModelSpec, ServeConfig
+from core.config import FloodConfig, ModelSpec, ServeConfig
 
 
 def model_deployment_options(spec: ModelSpec, name: str) -> dict:
@@ -15,6 +15,7 @@ def model_deployment_options(spec: ModelSpec, name: str) -> dict:
         "ray_actor_options": {
             "num_cpus": spec.num_cpus,
             "num_gpus": spec.num_gpus,
+            "resources": dict(spec.resources),
             "runtime_env": {"env_vars": thread_env(spec.threads)},
         },
         "health_check_period_s": 10,
@@ -23,12 +24,15 @@ def model_deployment_options(spec: ModelSpec, name: str) -> dict:
     }
 
 
-def ingress_options(serve: ServeConfig) -> dict:
+def ingress_options(serve: ServeConfig, flood: FloodConfig | None = None) -> dict:
+    flood = flood or FloodConfig()
     return {
         "name": "ingress",
         "num_replicas": serve.ingress_replicas,
         "max_ongoing_requests": serve.max_ongoing_requests,
         "max_queued_requests": serve.max_queued_requests,
+        # Past max_queued_requests the proxy answers 503 itself; say when to come back.
+        "backpressure_config": {"status_code": 503, "retry_after_s": flood.retry_after_s},
         "ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": thread_env(1)}},
     }
 

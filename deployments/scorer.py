@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ray import serve
 
@@ -23,5 +24,7 @@ class ScorerDeployment:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def score(self, items: list[dict]) -> list[dict]:
         pairs = [(it["ticket"], Workflow.model_validate(it["workflow"])) for it in items]
+        t0 = time.perf_counter()
         scores = await asyncio.to_thread(self.scorer.score, pairs)
-        return [s.model_dump() for s in scores]
+        compute_ms = (time.perf_counter() - t0) * 1000  # the batch's wall time: what each caller waited
+        return [s.model_dump() | {"compute_ms": compute_ms, "batch_size": len(items)} for s in scores]

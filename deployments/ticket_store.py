@@ -95,6 +95,47 @@ class TicketStore:
             (QUEUED, RUNNING, time.time() - stale_after_s, limit)).fetchall()
         return [_row(r) for r in rows]
 
+    def claim(self, limit: int, stale_after_s: float) -> list[dict]:
+        """Atomically take up to `limit` tickets to run (status -> running, attempts + 1), oldest first:
+        queued async tickets, tickets put back for a retry (attempts > 0), and running tickets whose
+        worker stopped marking them alive (`touch`) `stale_after_s` ago. A synchronous ticket that was
+        just accepted (attempts 0) is left to the request that holds it. Safe across processes."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "SELECT * FROM tickets WHERE (status=? AND (mode='async' OR attempts>0)) "
+                "OR (status=? AND updated < ?) ORDER BY received LIMIT ?",
+                (QUEUED, RUNNING, now - stale_after_s, limit)).fetchall()
+            conn.executemany("UPDATE tickets SET status=?, updated=?, attempts=attempts+1 WHERE id=?",
+                             [(RUNNING, now, r["id"]) for r in rows])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        out = []
+        for r in rows:
+            d = _row(r)
+            d.update(status=RUNNING, updated=now, attempts=d["attempts"] + 1)
+            out.append(d)
+        return out
+
+    def touch(self, ticket_ids: list[str]) -> None:
+        """Mark running tickets alive (a heartbeat), so `claim` does not take them for crashed ones."""
+        if not ticket_ids:
+            return
+        now = time.time()
+        self._conn().executemany("UPDATE tickets SET updated=? WHERE id=? AND status=?",
+                                 [(now, i, RUNNING) for i in ticket_ids])
+
+    def backlog(self) -> int:
+        """Tickets accepted and not finished (queued or running), from the status index."""
+        row = self._conn().execute("SELECT COUNT(*) FROM tickets WHERE status IN (?, ?)", (QUEUED, RUNNING)).fetchone()
+        return int(row[0])
+
     def counts(self) -> dict[str, int]:
         rows = self._conn().execute("SELECT status, COUNT(*) AS n FROM tickets GROUP BY status").fetchall()
         return {r["status"]: r["n"] for r in rows}

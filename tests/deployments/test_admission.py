@@ -1,0 +1,100 @@
+"""Admission control: bounded slots, bounded FIFO queue, 429/503 with Retry-After, no lost slots."""
+
+import asyncio
+
+import pytest
+
+from deployments.admission import AdmissionController, Overloaded
+
+
+def test_slots_queue_and_refuse():
+    async def main():
+        adm = AdmissionController(max_inflight=2, max_waiting=2, max_wait_s=5)
+        release = asyncio.Event()
+        order = []
+
+        async def job(i):
+            async with adm.slot():
+                order.append(i)
+                await release.wait()
+
+        tasks = [asyncio.create_task(job(i)) for i in range(4)]
+        await asyncio.sleep(0.01)
+        assert adm.inflight == 2 and adm.waiting == 2
+        assert not adm.has_room(1)
+        with pytest.raises(Overloaded) as exc:
+            async with adm.slot():
+                pass
+        assert exc.value.status == 429 and int(exc.value.headers()["Retry-After"]) >= 1
+        release.set()
+        await asyncio.gather(*tasks)
+        assert order == [0, 1, 2, 3]  # FIFO
+        assert adm.inflight == 0 and adm.waiting == 0
+        assert adm.throughput() > 0
+        return adm
+
+    adm = asyncio.run(main())
+    assert adm.rejected["queue_full"] == 1
+
+
+def test_wait_timeout_is_503_and_frees_nothing_twice():
+    async def main():
+        adm = AdmissionController(max_inflight=1, max_waiting=4, max_wait_s=0.05)
+        hold = asyncio.Event()
+
+        async def holder():
+            async with adm.slot():
+                await hold.wait()
+
+        t = asyncio.create_task(holder())
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as exc:
+            async with adm.slot():
+                pass
+        assert exc.value.status == 503
+        assert adm.waiting == 0 and adm.inflight == 1
+        hold.set()
+        await t
+        assert adm.inflight == 0
+        async with adm.slot():  # still usable
+            assert adm.inflight == 1
+
+    asyncio.run(main())
+
+
+def test_unbounded_callers_wait_past_the_queue_bound_and_cancel_cleanly():
+    async def main():
+        adm = AdmissionController(max_inflight=1, max_waiting=0, max_wait_s=0.01)
+        hold = asyncio.Event()
+        done = []
+
+        async def job(i, bounded):
+            async with adm.slot(bounded=bounded):
+                await hold.wait()
+                done.append(i)
+
+        first = asyncio.create_task(job(0, True))
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(job(1, False))  # the async worker: no bound, no timeout
+        cancelled = asyncio.create_task(job(2, False))
+        await asyncio.sleep(0.05)
+        assert adm.waiting_all == 2 and adm.waiting == 0
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        hold.set()
+        await asyncio.gather(first, waiting)
+        assert done == [0, 1] and adm.inflight == 0
+
+    asyncio.run(main())
+
+
+def test_retry_after_tracks_throughput():
+    now = [100.0]
+    adm = AdmissionController(max_inflight=2, max_waiting=2, max_wait_s=5, default_retry_after_s=7,
+                              clock=lambda: now[0])
+    assert adm.retry_after() == 7  # nothing measured yet
+    for _ in range(10):  # 10 completions in 10 s -> 1/s
+        now[0] += 1
+        adm._done.append(now[0])
+    adm.inflight = 2
+    assert 1 <= adm.retry_after() <= 5
