@@ -5,7 +5,7 @@ an open-loop pace and polls its outstanding tickets; a finished ticket is report
 request `TICKET async completion` whose response time is submit-to-done. Submissions stop after
 FLOWROUTER_FLOOD_MAX_TICKETS (default 24) so a run leaves a bounded backlog behind.
 
-    locust -f load_tests/locustfile_flood.py --headless -u 4 -r 4 -t 180s --host http://127.0.0.1:8000 --csv runs/flood
+    locust -f load_tests/locustfile_flood.py --headless -u 4 -r 4 -t 240s --host http://127.0.0.1:8000 --csv runs/flood
 (or `make load-flood`, which also applies load_tests/slo/flood.yaml).
 """
 

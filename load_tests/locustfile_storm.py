@@ -1,6 +1,6 @@
 """Alert storm: a few incidents replayed as many near-duplicate synchronous tickets.
 
-    locust -f load_tests/locustfile_storm.py --headless -u 20 -r 5 -t 90s --host http://127.0.0.1:8000 --csv runs/storm
+    locust -f load_tests/locustfile_storm.py --headless -u 12 -r 5 -t 180s --host http://127.0.0.1:8000 --csv runs/storm
 (or `make load-storm`, which also applies load_tests/slo/storm.yaml). Env: FLOWROUTER_LOAD_CANDIDATES (N, default 1),
 FLOWROUTER_STORM_INCIDENTS (default 3), FLOWROUTER_LOAD_NONCE (a word added to every incident; random per run so
 each run starts with a cold cache), FLOWROUTER_TICKETS_CSV.

@@ -28,8 +28,8 @@ from load_tests.data import REPO, DataUnavailable, load_rows, require_loopback
 
 PATTERNS = {
     # Users stay under the default per-address limit of open mode (auth.public_rate_per_minute: 1200).
-    "storm": {"file": "locustfile_storm.py", "users": 12, "spawn_rate": 5, "duration": "120s"},
-    "flood": {"file": "locustfile_flood.py", "users": 4, "spawn_rate": 4, "duration": "180s"},
+    "storm": {"file": "locustfile_storm.py", "users": 12, "spawn_rate": 5, "duration": "180s"},
+    "flood": {"file": "locustfile_flood.py", "users": 4, "spawn_rate": 4, "duration": "240s"},
 }
 
 

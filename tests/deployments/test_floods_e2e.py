@@ -22,7 +22,7 @@ import yaml
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 EXPERT = "smollm2-generalist"
-LIMITS = {"max_inflight_tickets": 2, "max_waiting_tickets": 2, "max_async_backlog": 6, "async_workers": 4,
+LIMITS = {"max_inflight_tickets": 2, "max_waiting_tickets": 2, "max_async_backlog": 5, "async_workers": 4,
           "heartbeat_s": 2, "stale_after_s": 8, "retry_after_s": 2, "max_attempts": 8, "max_wait_s": 300}
 
 
@@ -159,8 +159,8 @@ def test_overload_gets_clean_refusals_and_every_accepted_ticket_completes(flood_
     prober = threading.Thread(target=probe, daemon=True)
     prober.start()
     threads = []
-    for i in range(12):  # ~30 tickets/s for 0.4 s, then 8 async: far past the sustainable ~0.07/s
-        for mode in ("sync",) + (("async",) if i < 8 else ()):
+    for i in range(12):  # 12 sync + 6 async tickets within 0.4 s: far past the sustainable ~0.07/s
+        for mode in ("sync",) + (("async",) if i < 6 else ()):
             t = threading.Thread(target=send, args=(i, mode))
             t.start()
             threads.append(t)
@@ -223,7 +223,7 @@ def test_replica_crashes_mid_flood_lose_no_accepted_ticket(flood_service):
     ingress, whose in-memory state is gone)."""
     svc = flood_service
     ids = []
-    for i in range(3):  # three distinct incidents, each with a near-duplicate (coalesced or cached)
+    for i in range(2):  # two distinct incidents, each with a near-duplicate (coalesced or cached)
         for dup in range(2):
             body = _ticket(i + 40, "crash") | {"id": f"crash-{i}-{dup}"}
             body["description"] += f" on host srv-{10 * dup + i:02d}"
