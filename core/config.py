@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.auth_config import AuthConfig, ConsoleConfig
 from core.paths import DEFAULT_CONFIG
 
 NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -223,6 +224,9 @@ class FlowRouterConfig(_Strict):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving.")
     flood: FloodConfig = Field(default_factory=FloodConfig, description="Coalescing, cache, admission control and "
                                                                         "the durable async queue (ticket floods).")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, roles and rate limits (keys "
+                                                                     "required unless `mode: open` is written).")
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="The operator web console at /.")
     source: str | None = Field(default=None, exclude=True, description="File this config was read from.")
 
     @model_validator(mode="after")
@@ -281,6 +285,9 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
                 spec["base"] = _resolve(base, b)
     if isinstance(raw.get("serve"), dict) and raw["serve"].get("state_dir"):
         raw["serve"]["state_dir"] = _resolve(base, raw["serve"]["state_dir"])
+    for section, key in (("auth", "key_file"), ("console", "leaderboard_dir"), ("console", "mermaid_js")):
+        if isinstance(raw.get(section), dict) and raw[section].get(key):
+            raw[section][key] = _resolve(base, raw[section][key])
     return raw
 
 

@@ -115,7 +115,7 @@ _ENTITIES = {"&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;",
 
 def clean_step_text(text: str, limit: int = MAX_LABEL_CHARS) -> str:
     """Plain one-line text: markdown emphasis, list markers and control characters removed."""
-    text = re.sub(r"[\x00-\x1f\x7f]", " ", text)
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", text)  # C0 and C1 controls (terminal escapes)
     text = re.sub(r"\*\*|__|`+|</?[A-Za-z][^<>]{0,80}>", "", text)  # markdown emphasis, HTML tags
     text = re.sub(r"^\s*(?:[-*+•]|\d+[.)]|step\s*\d+[:.)]?)\s*", "", text, flags=re.I)
     text = re.sub(r"\s+", " ", text).strip(" -:;,")

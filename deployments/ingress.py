@@ -26,6 +26,7 @@ from core.config import FlowRouterConfig
 from core.schemas import Candidate, Classification, Scores, Ticket, TicketResult, WorkflowOut
 from core.task_map import MapError, TaskMap
 from core.workflow import Workflow
+from deployments import auth, console
 from deployments.admission import Overloaded
 from deployments.flood import AlreadySubmitted, Deferred, FloodGate
 from deployments.map_registry import get_registry
@@ -45,6 +46,8 @@ app = FastAPI(
     version="0.1.0",
     description="Incident tickets to troubleshooting workflows written by the best expert model.",
 )
+auth.install(app)     # API keys, roles, per-key rate limits (401/403/429), OpenAPI security: deployments/auth.py
+console.install(app)  # the operator web console at /: deployments/console.py
 
 
 class BatchRequest(BaseModel):
@@ -62,6 +65,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # no bool-as-int coercion (`"n": true`), as the schema says
     model: str = Field(default=AUTO_MODEL, max_length=100,
                        description="'flowrouter' routes automatically; an expert's name forces that expert.")
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
@@ -76,7 +80,7 @@ def _out(wf: Workflow) -> WorkflowOut:
 
 
 class Feedback(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: `"candidate": false` is not candidate 0
     verdict: str = Field(pattern="^(accept|reject)$", description="accept or reject the returned workflow")
     candidate: int | None = Field(default=None, ge=0, le=63,
                                   description="Which candidate is judged (default: the best one)")
@@ -135,6 +139,8 @@ async def _limit_body(request: Request, call_next):
 class Ingress:
     def __init__(self, config: dict, classifier, planners: dict, scorer, knowledge_dir: str | None = None):
         self.cfg = FlowRouterConfig.model_validate(config)
+        auth.configure(self.cfg.auth, self.cfg.serve.state_dir, self.cfg.serve.host)
+        console.configure(self.cfg.console, self.cfg.serve.state_dir, self.cfg.auth.mode)
         self.classifier = classifier
         self.planners = planners
         self.scorer = scorer
@@ -343,7 +349,8 @@ class Ingress:
         candidate = row["result"]["best_index"] if body.candidate is None else body.candidate
         if candidate >= n:
             raise HTTPException(422, f"candidate {candidate} does not exist (ticket has {n})")
-        fid = self.store.add_feedback(ticket_id, body.verdict, candidate, body.comment)
+        fid = self.store.add_feedback(ticket_id, body.verdict, candidate, body.comment,
+                                     principal=auth.current_principal_id())
         return {"feedback_id": fid, "ticket_id": ticket_id, "verdict": body.verdict, "candidate": candidate}
 
     @app.get("/v1/map", summary="The live task->expert map and its history")

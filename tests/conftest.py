@@ -76,18 +76,22 @@ def _free_port() -> int:
 class Service:
     """The real FlowRouter service, started through `flowrouter serve` as the README does."""
 
-    def __init__(self, url: str, config_path, cfg):
+    def __init__(self, url: str, config_path, cfg, keys: dict | None = None):
         self.url, self.config_path, self.cfg = url, config_path, cfg
+        # The service runs with API keys (auth.mode: keys); post/get send the admin key unless a test
+        # passes its own Authorization header. keys: role name -> plain key (see deployments/auth.py).
+        self.keys = keys or {}
+        self.headers = {"Authorization": f"Bearer {self.keys['admin']}"} if "admin" in self.keys else {}
 
     def post(self, path, timeout=600, **kw):
         import httpx
 
-        return httpx.post(self.url + path, timeout=timeout, **kw)
+        return httpx.post(self.url + path, timeout=timeout, **{**kw, "headers": {**self.headers, **kw.get("headers", {})}})
 
     def get(self, path, timeout=60, **kw):
         import httpx
 
-        return httpx.get(self.url + path, timeout=timeout, **kw)
+        return httpx.get(self.url + path, timeout=timeout, **{**kw, "headers": {**self.headers, **kw.get("headers", {})}})
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +106,15 @@ def service(tmp_path_factory):
     cfg = load_config()
     cfg.serve.port = _free_port()
     cfg.serve.state_dir = str(tmp_path_factory.mktemp("state"))
+    # Access control on, as in production: keys in the rotatable key file (tests/deployments/test_access_e2e.py).
+    from core.auth_config import ApiKeySpec, AuthConfig
+    from deployments.auth import KeyFile, new_key, sha256_hash
+
+    keys = {"admin": new_key(), "ticket": new_key(), "limited": new_key()}
+    for kid, role, rate in (("e2e-admin", "admin", 0), ("e2e-ticket", "ticket", 0), ("e2e-limited", "ticket", 6)):
+        KeyFile(f"{cfg.serve.state_dir}/api_keys.yaml").add(ApiKeySpec(
+            id=kid, role=role, hash=sha256_hash(keys[kid.removeprefix("e2e-")]), rate_per_minute=rate, burst=3))
+    cfg.auth = AuthConfig(mode="keys", reload_interval_s=0.5, failed_auth_per_minute=0, public_rate_per_minute=0)
     path = tmp_path_factory.mktemp("config") / "e2e.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude={"source"})))
     cli = [sys.executable, "-m", "cluster.cli"]
@@ -109,6 +122,6 @@ def service(tmp_path_factory):
     if started.returncode != 0:
         pytest.fail(f"flowrouter serve failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
     try:
-        yield Service(f"http://127.0.0.1:{cfg.serve.port}", path, cfg)
+        yield Service(f"http://127.0.0.1:{cfg.serve.port}", path, cfg, keys)
     finally:
         subprocess.run([*cli, "shutdown", str(path)], capture_output=True, text=True, timeout=300)

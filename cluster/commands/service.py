@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import httpx
@@ -27,6 +28,11 @@ def register(sub) -> None:
     p.add_argument("--candidates", type=int, help="N for best-of-N")
     p.add_argument("--expert", help="force this expert")
     p.add_argument("--json", action="store_true", help="print the full JSON answer")
+    p.add_argument("--api-key", default=os.environ.get("FLOWROUTER_API_KEY"),
+                   help="API key with the ticket role (default: $FLOWROUTER_API_KEY; not needed in open mode)")
+    p.add_argument("--no-mermaid", action="store_true", help="leave the Mermaid source out of the output")
+    p.add_argument("--ascii", action="store_true", help="plain ASCII boxes (default: Unicode when the terminal "
+                                                         "supports it)")
     p.set_defaults(func=cmd_ticket)
 
     p = sub.add_parser("status", help="health, map version and deployments of the running service")
@@ -56,7 +62,16 @@ def _load(path):
 def cmd_serve(args) -> int:
     from cluster import local
 
-    _load(args.config)  # fail fast on a bad config, before any process starts
+    cfg = _load(args.config)  # fail fast on a bad config, before any process starts
+    from deployments.auth import check_config
+
+    try:
+        check_config(cfg.auth, cfg.serve.host)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if cfg.auth.mode == "open":
+        print("WARNING: auth.mode is open: no API keys, every caller is admin (local development only; "
+              "set auth.mode: keys and run `flowrouter keys new` for anything shared)", file=sys.stderr)
     if args.foreground:
         return local.run_foreground(args.config, args.port)
     if args.address:
@@ -71,10 +86,15 @@ def cmd_serve(args) -> int:
     except (local.ServiceError, ValueError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
     url = info["url"]
-    print(f"\nFlowRouter is serving at {url}  (API docs: {url}/docs)\n")
+    print(f"\nFlowRouter is serving at {url}  (console: {url}/  API docs: {url}/docs)\n")
+    auth_header = ""
+    if cfg.auth.mode == "keys":
+        auth_header = " -H \"Authorization: Bearer $FLOWROUTER_API_KEY\""
+        print("API keys are required: create one with `flowrouter keys new NAME --role ticket` and export it "
+              "as FLOWROUTER_API_KEY.")
     print("Send a ticket:")
     print(f"  flowrouter ticket 'db-01 disk 97% full, postgres cannot write' --url {url}")
-    print(f"  curl -s {url}/v1/tickets -H 'content-type: application/json' \\")
+    print(f"  curl -s {url}/v1/tickets -H 'content-type: application/json'{auth_header} \\")
     print("       -d '{\"title\": \"db-01 disk 97% full\", \"description\": \"postgres cannot write WAL\"}'")
     print("Stop it: flowrouter shutdown")
     return 0
@@ -96,7 +116,9 @@ def _raise_for(r: httpx.Response) -> None:
             detail = r.json().get("detail")
         except ValueError:
             detail = r.text[:300]
-        raise CliError(f"HTTP {r.status_code}: {detail}")
+        hint = {401: " (pass --api-key or set FLOWROUTER_API_KEY)", 403: " (this key lacks the role)",
+                429: f" (retry after {r.headers.get('retry-after', '?')} s)"}.get(r.status_code, "")
+        raise CliError(f"HTTP {r.status_code}: {detail}{hint}")
 
 
 def cmd_ticket(args) -> int:
@@ -108,37 +130,41 @@ def cmd_ticket(args) -> int:
         params["candidates"] = args.candidates
     if args.expert:
         params["expert"] = args.expert
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     r = _request("POST", f"{args.url}/v1/tickets", json={"title": title, "description": description},
-                 params=params)
+                 params=params, headers=headers)
+    if r.status_code == 202:  # accepted under load (or async): wait for the result
+        r = _wait_for(args.url, r.json()["ticket_id"], headers)
     _raise_for(r)
     result = r.json()
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
         return 0
-    print(render_result(result))
+    print(render_result(result, mermaid=not args.no_mermaid, unicode=False if args.ascii else None))
     return 0
 
 
-def render_result(result: dict) -> str:
-    from core.workflow import Workflow
+def _wait_for(url: str, ticket_id: str, headers: dict, timeout_s: float = 900) -> httpx.Response:
+    import time
 
-    wf = Workflow(steps=result["workflow"]["steps"], edges=result["workflow"]["edges"])
-    best = result["candidates"][result["best_index"]]["scores"]
-    lines = [
-        f"ticket {result['ticket_id']}",
-        f"task: {result['task']} (confidence {result['confidence']:.2f}, decided by {result['decision_path']})",
-        f"expert: {result['expert']}   map: {result['map_version']}   "
-        f"candidates: {len(result['candidates'])}   best score: {best['overall']:.2f}/5",
-        "",
-        wf.to_text(),
-        "",
-        "Mermaid:",
-        result["workflow"]["mermaid"],
-        "",
-        "timings (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in result["timings_ms"].items()),
-    ]
-    return "\n".join(lines)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        r = _request("GET", f"{url}/v1/tickets/{ticket_id}", headers=headers, timeout=30)
+        _raise_for(r)
+        body = r.json()
+        if body["status"] == "done":
+            return httpx.Response(200, json=body["result"])
+        if body["status"] == "failed":
+            raise CliError(f"ticket {ticket_id} failed: {body.get('error')}")
+        time.sleep(1.0)
+    raise CliError(f"ticket {ticket_id} did not finish within {timeout_s:.0f}s")
+
+
+def render_result(result: dict, mermaid: bool = True, unicode: bool | None = None) -> str:
+    from cluster.render import render_result as render
+
+    return render(result, mermaid=mermaid, unicode=unicode)
 
 
 def cmd_status(args) -> int:

@@ -1,0 +1,465 @@
+// FlowRouter operator console. Plain browser JavaScript, no build step.
+//
+// Security rules of this file: everything that comes from tickets, models or the API is placed in the
+// page as text (textContent / createTextNode), never as markup. The only markup inserted is the SVG that
+// mermaid.js renders in 'strict' security level, which is parsed as XML and stripped of scripts, event
+// handlers and external links before it is attached. The page's Content-Security-Policy forbids inline
+// scripts as a second line of defence.
+"use strict";
+
+(() => {
+  const KEY_STORE = "flowrouter.apiKey";
+  const state = { config: { mermaid: false, stats_poll_s: 2, auth_mode: "keys" }, result: null, shown: null,
+                  statsTimer: null, chartSeq: 0, mermaidReady: null, opsLoaded: false };
+
+  // ---- small DOM helpers (text only) ---------------------------------------------------------
+  const $ = (id) => document.getElementById(id);
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = String(v);
+      else if (k.startsWith("on") && typeof v === "function") node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, String(v));
+    }
+    for (const c of children) {
+      if (c === null || c === undefined) continue;
+      node.appendChild(typeof c === "string" || typeof c === "number" ? document.createTextNode(String(c)) : c);
+    }
+    return node;
+  }
+  const fmt = (v, digits = 2) => (typeof v === "number" && isFinite(v) ? v.toFixed(digits) : (v ?? "—"));
+  const num = (v) => (Number.isInteger(v) ? String(v) : Math.abs(v) >= 100 ? v.toFixed(0)
+                                                      : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3));
+  function setStatus(node, text, kind) {
+    node.textContent = text || "";
+    node.classList.remove("error", "ok");
+    if (kind) node.classList.add(kind);
+  }
+
+  // ---- API -------------------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, detail, retryAfter) {
+      super(`HTTP ${status}: ${detail}`);
+      this.status = status; this.detail = detail; this.retryAfter = retryAfter;
+    }
+  }
+  function apiKey() { return sessionStorage.getItem(KEY_STORE) || ""; }
+  async function api(method, path, body) {
+    const headers = { "Accept": "application/json" };
+    const key = apiKey();
+    if (key) headers["Authorization"] = "Bearer " + key;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+                                     credentials: "omit", cache: "no-store" });
+    const type = resp.headers.get("content-type") || "";
+    const data = type.includes("json") ? await resp.json().catch(() => null) : null;
+    if (!resp.ok) {
+      let detail = data && typeof data.detail === "string" ? data.detail : resp.statusText;
+      if (resp.status === 401) detail = "an API key is needed (" + detail + ")";
+      if (resp.status === 403) detail = "this key may not do that (" + detail + ")";
+      throw new ApiError(resp.status, detail, resp.headers.get("retry-after"));
+    }
+    return { data, status: resp.status };
+  }
+  function explain(err) {
+    if (err instanceof ApiError) {
+      return err.status === 429 ? `${err.detail} (retry after ${err.retryAfter || "?"} s)` : err.message;
+    }
+    return String(err && err.message ? err.message : err);
+  }
+
+  // ---- mermaid -----------------------------------------------------------------------------------
+  function loadMermaid() {
+    if (state.mermaidReady) return state.mermaidReady;
+    state.mermaidReady = new Promise((resolve) => {
+      if (!state.config.mermaid) return resolve(false);
+      const s = document.createElement("script");
+      s.src = "/console/mermaid.min.js";
+      s.onload = () => {
+        try {
+          // strict: labels are sanitised by mermaid, click/callback directives are disabled. HTML labels
+          // decode the entity codes the server writes (#lt; #124; ...) into literal text.
+          window.mermaid.initialize({ startOnLoad: false, securityLevel: "strict", theme: "default",
+                                      flowchart: { htmlLabels: true, useMaxWidth: true, wrappingWidth: 260 },
+                                      maxTextSize: 60000 });
+          resolve(true);
+        } catch (e) { console.error("mermaid init failed", e); resolve(false); }
+      };
+      s.onerror = () => resolve(false);
+      document.head.appendChild(s);
+    });
+    return state.mermaidReady;
+  }
+
+  const DANGEROUS = new Set(["script", "iframe", "object", "embed", "link", "meta", "base", "form", "input",
+                             "button", "textarea", "audio", "video", "animate", "set", "handler", "frame",
+                             "frameset", "template", "noscript", "svg:script"]);
+  function sanitizeSvg(root) {
+    const walker = [root];
+    while (walker.length) {
+      const node = walker.pop();
+      for (const child of Array.from(node.children)) {
+        if (DANGEROUS.has(child.localName.toLowerCase())) { child.remove(); continue; }
+        walker.push(child);
+      }
+      for (const attr of Array.from(node.attributes || [])) {
+        const name = attr.name.toLowerCase();
+        const value = attr.value.trim().toLowerCase();
+        if (name.startsWith("on")) node.removeAttribute(attr.name);
+        else if ((name === "href" || name.endsWith(":href") || name === "src" || name === "action")
+                 && !value.startsWith("#")) node.removeAttribute(attr.name);
+        else if (name === "style" && /url\s*\(|expression|javascript:/.test(value)) node.removeAttribute(attr.name);
+      }
+    }
+    return root;
+  }
+
+  async function drawChart(container, mermaidText, steps, edges) {
+    container.replaceChildren();
+    const ok = await loadMermaid();
+    if (ok) {
+      const id = "fr-chart-" + (++state.chartSeq);
+      try {
+        const { svg } = await window.mermaid.render(id, mermaidText);
+        // Parsed in an inert document (its scripts never run), cleaned, then adopted.
+        const doc = new DOMParser().parseFromString(svg, "text/html");
+        const root = doc.body.firstElementChild;
+        if (!root || root.localName !== "svg" || doc.body.children.length !== 1) {
+          throw new Error("renderer returned no single SVG");
+        }
+        container.appendChild(document.importNode(sanitizeSvg(root), true));
+        container.dataset.rendered = "svg";
+        return;
+      } catch (e) {
+        console.warn("mermaid could not draw this workflow", e);
+        document.getElementById(id)?.remove();
+        document.getElementById("d" + id)?.remove();
+        container.appendChild(el("p", { class: "status error", text: "The flowchart could not be drawn; the steps are listed below." }));
+      }
+    } else {
+      container.appendChild(el("p", { class: "muted", text: "mermaid.js is not installed on this server: the workflow is shown as text." }));
+    }
+    container.appendChild(el("pre", { text: workflowText(steps, edges) }));
+    container.dataset.rendered = "text";
+  }
+
+  function workflowText(steps, edges) {
+    const number = new Map(steps.map((s, i) => [s.id, i + 1]));
+    const lines = [];
+    for (const s of steps) {
+      const mark = s.kind === "decision" ? "?" : s.kind === "terminal" ? "■" : " ";
+      lines.push(`${String(number.get(s.id)).padStart(2)}.${mark} ${s.text}`);
+      if (s.kind === "decision") {
+        for (const e of edges.filter((x) => x.source === s.id)) lines.push(`      ${e.label || "→"}: go to ${number.get(e.target)}`);
+      }
+    }
+    return lines.join("\n");
+  }
+
+  function renderSteps(list, steps, edges) {
+    list.replaceChildren();
+    const number = new Map(steps.map((s, i) => [s.id, i + 1]));
+    for (const s of steps) {
+      const li = el("li", {}, el("span", { class: "kind", text: s.kind }), s.text);
+      if (s.kind === "decision") {
+        for (const e of edges.filter((x) => x.source === s.id)) {
+          li.appendChild(el("div", { class: "branch", text: `${e.label || "→"}: go to step ${number.get(e.target)}` }));
+        }
+      }
+      list.appendChild(li);
+    }
+  }
+
+  // ---- ticket view -------------------------------------------------------------------------------
+  const DIMS = ["relevance", "coverage", "accuracy", "coherence", "conciseness"];
+
+  async function showCandidate(index) {
+    const r = state.result;
+    const cand = r.candidates.find((c) => c.index === index) || r.candidates[r.best_index];
+    state.shown = cand.index;
+    $("shown-candidate").textContent = `${cand.index}${cand.index === r.best_index ? " (best)" : ""}`;
+    for (const tr of $("candidates").tBodies[0].rows) tr.classList.toggle("shown", Number(tr.dataset.index) === cand.index);
+    $("mermaid-src").textContent = cand.workflow.mermaid;
+    renderSteps($("steps"), cand.workflow.steps, cand.workflow.edges);
+    await drawChart($("chart"), cand.workflow.mermaid, cand.workflow.steps, cand.workflow.edges);
+  }
+
+  async function showResult(r, title) {
+    state.result = r;
+    $("result").hidden = false;
+    $("result-title").textContent = title ? `Ticket: ${title}` : `Ticket ${r.ticket_id}`;
+    const facts = [
+      ["ticket id", r.ticket_id], ["task", r.task], ["confidence", fmt(r.confidence)],
+      ["decision path", r.decision_path], ["expert", r.expert], ["map version", r.map_version],
+      ["knowledge", r.knowledge_version], ["shared", r.shared],
+      ["dropped candidates", r.dropped_candidates],
+      ["timings (ms)", Object.entries(r.timings_ms || {}).map(([k, v]) => `${k} ${Math.round(v)}`).join(", ")],
+    ];
+    const dl = $("decision");
+    dl.replaceChildren();
+    for (const [k, v] of facts) {
+      if (v === undefined || v === null || v === "") continue;
+      dl.append(el("dt", { text: k }), el("dd", { "data-field": k.replace(/\W+/g, "-"), text: v }));
+    }
+    const tbody = $("candidates").tBodies[0];
+    tbody.replaceChildren();
+    for (const c of r.candidates) {
+      const tr = el("tr", { "data-index": c.index, class: c.index === r.best_index ? "best" : null },
+        el("td", { text: c.index + (c.index === r.best_index ? " ★" : "") }), el("td", { text: c.origin }),
+        ...DIMS.map((d) => el("td", { text: fmt(c.scores[d]) })), el("td", { text: fmt(c.scores.overall) }),
+        el("td", {}, el("button", { type: "button", class: "view-candidate", text: "view",
+                                    onclick: () => showCandidate(c.index) })));
+      tbody.appendChild(tr);
+    }
+    const ctx = $("context-ids");
+    ctx.replaceChildren(...(r.context_ids || []).map((id) => el("li", { text: id })));
+    if (!ctx.children.length) ctx.appendChild(el("li", { class: "muted", text: "none" }));
+    const ex = $("examples").tBodies[0];
+    ex.replaceChildren(...(r.retrieved_examples || []).map((e) =>
+      el("tr", {}, el("td", { text: e.id ?? "" }), el("td", { text: e.task ?? "" }), el("td", { text: fmt(e.similarity, 3) }))));
+    setStatus($("feedback-status"), "");
+    $("accept").disabled = $("reject").disabled = false;
+    await showCandidate(r.best_index);
+  }
+
+  async function waitForResult(ticketId) {
+    for (let i = 0; i < 1800; i++) {
+      const { data } = await api("GET", `/v1/tickets/${encodeURIComponent(ticketId)}`);
+      if (data.status === "done" && data.result) return data.result;
+      if (data.status === "failed") throw new Error(`ticket failed: ${data.error || "unknown error"}`);
+      setStatus($("ticket-status"), `ticket ${ticketId} is ${data.status}…`);
+      await new Promise((res) => setTimeout(res, 1000));
+    }
+    throw new Error("gave up waiting for the result");
+  }
+
+  async function submitTicket(ev) {
+    ev.preventDefault();
+    const title = $("t-title").value.trim();
+    if (!title) { setStatus($("ticket-status"), "a title is needed", "error"); return; }
+    const body = { title, description: $("t-description").value };
+    const source = $("t-source").value.trim();
+    if (source) body.source = source;
+    const labels = $("t-labels").value.split(",").map((s) => s.trim()).filter(Boolean);
+    if (labels.length) body.labels = labels;
+    const params = new URLSearchParams();
+    const n = parseInt($("t-candidates").value, 10);
+    if (n >= 1 && n <= 16) params.set("candidates", String(n));
+    if ($("t-expert").value) params.set("expert", $("t-expert").value);
+    const button = $("submit-ticket");
+    button.disabled = true;
+    const started = performance.now();
+    setStatus($("ticket-status"), "solving… (classify → route → write candidates → score)");
+    try {
+      const { data } = await api("POST", `/v1/tickets?${params}`, body);
+      const result = data && data.workflow ? data : await waitForResult(data.ticket_id);
+      setStatus($("ticket-status"), `done in ${((performance.now() - started) / 1000).toFixed(1)} s`, "ok");
+      await showResult(result, title);
+    } catch (err) {
+      setStatus($("ticket-status"), explain(err), "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function lookupTicket() {
+    const id = $("lookup-id").value.trim();
+    if (!id) return;
+    try {
+      const { data } = await api("GET", `/v1/tickets/${encodeURIComponent(id)}`);
+      if (data.status !== "done" || !data.result) {
+        setStatus($("ticket-status"), `ticket ${id} is ${data.status}${data.error ? ": " + data.error : ""}`);
+        return;
+      }
+      setStatus($("ticket-status"), "");
+      await showResult(data.result, null);
+    } catch (err) { setStatus($("ticket-status"), explain(err), "error"); }
+  }
+
+  async function sendFeedback(verdict) {
+    const r = state.result;
+    if (!r) return;
+    const body = { verdict, candidate: state.shown };
+    const comment = $("feedback-comment").value.trim();
+    if (comment) body.comment = comment;
+    $("accept").disabled = $("reject").disabled = true;
+    try {
+      const { data } = await api("POST", `/v1/tickets/${encodeURIComponent(r.ticket_id)}/feedback`, body);
+      setStatus($("feedback-status"), `${data.verdict}ed candidate ${data.candidate} — feedback #${data.feedback_id} stored`, "ok");
+    } catch (err) {
+      setStatus($("feedback-status"), explain(err), "error");
+      $("accept").disabled = $("reject").disabled = false;
+    }
+  }
+
+  // ---- operations view ---------------------------------------------------------------------------
+  function flatten(obj, prefix = "", out = []) {
+    for (const [k, v] of Object.entries(obj || {})) {
+      const key = prefix ? `${prefix}.${k}` : k;
+      if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key, out);
+      else if (typeof v === "number" || typeof v === "string" || typeof v === "boolean") out.push([key, v]);
+    }
+    return out;
+  }
+  const HIGHLIGHT = [
+    [/(tickets?_?per_?s|throughput|rps|per_second)/i, "tickets/s"], [/p50/i, "latency p50"], [/p95/i, "latency p95"],
+    [/p99/i, "latency p99"], [/unknown/i, "unknown rate"], [/coalesc|cache|shared/i, "coalesced / cached"],
+    [/reject|429|503|shed/i, "rejects"], [/in_?flight|running|queue|backlog|waiting/i, "in flight / queued"],
+  ];
+
+  async function refreshStats() {
+    const cards = $("stats");
+    const tbody = $("stats-table").tBodies[0];
+    let rows = [];
+    try {
+      const { data } = await api("GET", "/v1/stats");
+      rows = flatten(data);
+      $("stats-source").textContent = "from /v1/stats";
+    } catch (err) {
+      const note = err instanceof ApiError && err.status === 404 ? "no /v1/stats on this service; store totals shown"
+                                                                 : explain(err);
+      try {
+        const { data } = await api("GET", "/v1/console/overview");
+        rows = flatten({ tickets: data.tickets, feedback: data.feedback });
+      } catch (err2) { rows = []; }
+      $("stats-source").textContent = note;
+    }
+    const picked = [];
+    for (const [re, label] of HIGHLIGHT) {
+      const hit = rows.find(([k, v]) => typeof v === "number" && re.test(k) && !picked.some((p) => p[0] === k));
+      if (hit) picked.push([hit[0], hit[1], label]);
+    }
+    cards.replaceChildren(...picked.map(([k, v, label]) =>
+      el("div", { class: "counter", title: k }, el("div", { class: "v", text: num(v) }),
+         el("div", { class: "k", text: `${label} · ${k}` }))));
+    tbody.replaceChildren(...rows.map(([k, v]) =>
+      el("tr", {}, el("td", { text: k }), el("td", { text: typeof v === "number" ? num(v) : v }))));
+  }
+
+  function heatColor(v, lo, hi) {
+    const t = hi > lo ? (v - lo) / (hi - lo) : 0.5;
+    const hue = 10 + 120 * Math.max(0, Math.min(1, t));
+    return `hsl(${hue.toFixed(0)}, 65%, 80%)`;
+  }
+  function renderHeatmap(scores, source) {
+    const tasks = Object.keys(scores || {});
+    const experts = [...new Set(tasks.flatMap((t) => Object.keys(scores[t])))];
+    const head = $("heatmap").tHead, body = $("heatmap").tBodies[0];
+    head.replaceChildren(); body.replaceChildren();
+    $("leaderboard-source").textContent = source;
+    if (!tasks.length) return false;
+    const values = tasks.flatMap((t) => Object.values(scores[t])).filter((v) => typeof v === "number");
+    const lo = Math.min(...values), hi = Math.max(...values);
+    head.appendChild(el("tr", {}, el("th", { text: "task \\ expert" }), ...experts.map((e) => el("th", { text: e }))));
+    for (const t of tasks) {
+      const best = experts.reduce((a, e) => (scores[t][e] ?? -Infinity) > (scores[t][a] ?? -Infinity) ? e : a, experts[0]);
+      const tr = el("tr", {}, el("th", { text: t }));
+      for (const e of experts) {
+        const v = scores[t][e];
+        const td = el("td", { class: e === best ? "winner" : null, text: typeof v === "number" ? v.toFixed(2) : "—" });
+        if (typeof v === "number") td.style.backgroundColor = heatColor(v, lo, hi);
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+    return true;
+  }
+
+  async function refreshOps() {
+    let mapData = null;
+    try {
+      mapData = (await api("GET", "/v1/map")).data;
+      const cur = mapData.current;
+      $("map-version").textContent = `${cur.version} · fallback ${cur.fallback} · ${cur.source || ""}`;
+      $("map-routes").tBodies[0].replaceChildren(
+        ...Object.entries(cur.routes).map(([t, e]) => el("tr", {}, el("td", { text: t }), el("td", { text: e }))),
+        el("tr", {}, el("td", { text: "unknown" }), el("td", { text: cur.fallback })));
+      $("map-history").tBodies[0].replaceChildren(...(mapData.history || []).slice().reverse().map((h) =>
+        el("tr", { class: h.version === cur.version ? "best" : null }, el("td", { text: h.file ?? "" }),
+           el("td", { text: h.version ?? "" }), el("td", { text: h.created ?? "" }), el("td", { text: h.source ?? "" }))));
+    } catch (err) {
+      $("map-version").textContent = explain(err);
+    }
+    const pngBox = $("leaderboard-png");
+    pngBox.replaceChildren();
+    try {
+      const { data } = await api("GET", "/v1/console/leaderboard");
+      let drawn = false;
+      if (data.png) {
+        const resp = await fetch("/v1/console/leaderboard.png", { headers: apiKey() ? { Authorization: "Bearer " + apiKey() } : {},
+                                                                   credentials: "omit", cache: "no-store" });
+        if (resp.ok) {
+          const img = el("img", { alt: "leaderboard heatmap" });
+          img.src = URL.createObjectURL(await resp.blob());
+          pngBox.appendChild(img);
+          drawn = true;
+        }
+      }
+      const label = data.source === "leaderboard" ? `${data.taskset || ""} · updated ${data.updated || "?"}` : "";
+      if (renderHeatmap(data.scores, label)) drawn = true;
+      if (!drawn) {
+        const scores = mapData && mapData.current && mapData.current.scores;
+        if (!renderHeatmap(scores, "scores behind the current map")) {
+          $("leaderboard-source").textContent = "no leaderboard yet (flowrouter leaderboard build)";
+        }
+      }
+    } catch (err) {
+      $("leaderboard-source").textContent = explain(err);
+    }
+  }
+
+  function showView(id) {
+    for (const b of document.querySelectorAll("nav .tab")) b.classList.toggle("active", b.dataset.view === id);
+    for (const v of document.querySelectorAll("main .view")) v.hidden = v.id !== id;
+    clearInterval(state.statsTimer);
+    if (id === "view-ops") {
+      refreshOps();
+      refreshStats();
+      state.statsTimer = setInterval(refreshStats, Math.max(500, state.config.stats_poll_s * 1000));
+    }
+  }
+
+  // ---- key handling ----------------------------------------------------------------------------
+  async function refreshIdentity() {
+    const who = $("whoami");
+    try {
+      const { data } = await api("GET", "/v1/whoami");
+      who.textContent = data.mode === "open" ? "open mode (no key needed)" : `signed in as ${data.id} (${data.role})`;
+      try {
+        const models = (await api("GET", "/v1/models")).data.data.map((m) => m.id).filter((m) => m !== "flowrouter");
+        const sel = $("t-expert");
+        sel.replaceChildren(el("option", { value: "", text: "route automatically" }),
+                            ...models.map((m) => el("option", { value: m, text: m })));
+      } catch (err) { /* the expert list is optional */ }
+    } catch (err) {
+      who.textContent = err instanceof ApiError && err.status === 401 ? "enter an API key" : explain(err);
+    }
+  }
+
+  async function init() {
+    try {
+      const resp = await fetch("/console/config.json", { cache: "no-store" });
+      if (resp.ok) state.config = Object.assign(state.config, await resp.json());
+    } catch (err) { /* defaults */ }
+    loadMermaid();
+    $("key-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const key = $("api-key").value.trim();
+      if (key) sessionStorage.setItem(KEY_STORE, key);
+      $("api-key").value = "";
+      refreshIdentity();
+    });
+    $("key-forget").addEventListener("click", () => { sessionStorage.removeItem(KEY_STORE); refreshIdentity(); });
+    $("ticket-form").addEventListener("submit", submitTicket);
+    $("lookup").addEventListener("click", lookupTicket);
+    $("accept").addEventListener("click", () => sendFeedback("accept"));
+    $("reject").addEventListener("click", () => sendFeedback("reject"));
+    for (const b of document.querySelectorAll("nav .tab")) b.addEventListener("click", () => showView(b.dataset.view));
+    refreshIdentity();
+  }
+
+  window.FlowRouterConsole = { workflowText, sanitizeSvg };
+  document.addEventListener("DOMContentLoaded", init);
+})();
