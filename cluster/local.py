@@ -98,7 +98,8 @@ def deploy(cfg: FlowRouterConfig, knowledge_dir: str | None, address: str | None
                                                                 cfg.serve)) + 1)
         if cfg.serve.ray_num_cpus:
             cpus = cfg.serve.ray_num_cpus
-        ray.init(num_cpus=cpus, include_dashboard=False, namespace="flowrouter", log_to_driver=False,
+        # address="local": always a private instance, even beside RAY_ADDRESS or a `ray start` cluster.
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace="flowrouter", log_to_driver=False,
                  runtime_env={"env_vars": thread_env(1)})
     serve.start(proxy_location=cfg.serve.proxy_location,
                 http_options={"host": cfg.serve.host, "port": cfg.serve.port,
