@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.auth_config import AuthConfig, ConsoleConfig
 from core.paths import DEFAULT_CONFIG
+from core.training_config import TrainingConfig
 
 NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 DIMENSIONS = ("relevance", "coverage", "accuracy", "coherence", "conciseness")
@@ -227,6 +228,8 @@ class FlowRouterConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, roles and rate limits (keys "
                                                                      "required unless `mode: open` is written).")
     console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="The operator web console at /.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Coevolution training of the "
+                                     "experts' Planner and Scorer adapters (`flowrouter train`).")
     source: str | None = Field(default=None, exclude=True, description="File this config was read from.")
 
     @model_validator(mode="after")
@@ -285,6 +288,13 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
                 spec["base"] = _resolve(base, b)
     if isinstance(raw.get("serve"), dict) and raw["serve"].get("state_dir"):
         raw["serve"]["state_dir"] = _resolve(base, raw["serve"]["state_dir"])
+    tr = raw.get("training") or {}
+    if isinstance(tr, dict):
+        for key in ("cases", "output_dir"):
+            if tr.get(key):
+                tr[key] = _resolve(base, tr[key])
+        if isinstance(tr.get("knowledge_docs"), list):
+            tr["knowledge_docs"] = [_resolve(base, x) for x in tr["knowledge_docs"]]
     for section, key in (("auth", "key_file"), ("console", "leaderboard_dir"), ("console", "mermaid_js")):
         if isinstance(raw.get(section), dict) and raw[section].get(key):
             raw[section][key] = _resolve(base, raw[section][key])

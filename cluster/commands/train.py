@@ -1,0 +1,155 @@
+"""`flowrouter train`: coevolution training of experts' Planner and Scorer adapters (docs/training.md).
+
+    flowrouter train --expert NAME [--expert NAME ...] --iterations K [--config FILE] [--training FILE]
+                     [--queries N|FILE] [--steps N] [--rl-steps N] [--dpo-steps N]
+                     [--out DIR] [--local] [--address RAY] [--no-gate] [--publish [--api-key KEY]]
+
+One Ray actor per expert runs K iterations of (one Planner GRPO epoch, one Scorer DPO epoch) from
+queries only, writes versioned adapters with metadata and a report (reward/loss curves) under
+`<out>/<expert>/vNNNN/`, and measures held-out STEPScore against the serving adapter. With
+--publish, an adapter that beats the serving one is deployed to the running service as a new expert
+and the regenerated map is published; one that does not leaves the service untouched.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cluster.cli import CliError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="tune experts' Planner (GRPO) and Scorer (DPO) adapters; gate and publish",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--expert", action="append", required=True, metavar="NAME",
+                   help="expert to train (repeatable: one Ray actor per expert)")
+    p.add_argument("--iterations", type=int, default=1, help="coevolution iterations (default 1)")
+    p.add_argument("--config", help="FlowRouter config (default configs/default.yaml); its `training:` section "
+                                    "holds the training settings")
+    p.add_argument("--training", metavar="FILE", help="YAML holding only training settings (the `training:` "
+                                                        "section's fields); replaces the config's section")
+    p.add_argument("--queries", help="N: use at most N training queries; FILE: add queries from a .txt/.jsonl file")
+    p.add_argument("--steps", type=int, help="cap both stages at N optimizer steps per iteration")
+    p.add_argument("--rl-steps", type=int, help="Planner RL steps per iteration (default: one epoch)")
+    p.add_argument("--dpo-steps", type=int, help="Scorer DPO steps per iteration (default: one epoch)")
+    p.add_argument("--out", help="root of versioned adapters (default training.output_dir or <cache>/training)")
+    p.add_argument("--local", action="store_true", help="run the jobs in this process, one after another (no Ray)")
+    p.add_argument("--address", help="Ray cluster to run the jobs on (default: a private local Ray)")
+    p.add_argument("--no-gate", action="store_true", help="skip the held-out evaluation (nothing can be published)")
+    p.add_argument("--publish", action="store_true",
+                   help="deploy winning adapters to the service running this config and publish the new map")
+    p.add_argument("--ray-address", help="the running service's Ray (default: from its pid file)")
+    p.add_argument("--url", help="the running service's URL (default: from its pid file)")
+    p.add_argument("--api-key", default=os.environ.get("FLOWROUTER_API_KEY"),
+                   help="admin API key for POST /v1/map (default $FLOWROUTER_API_KEY; not needed in open mode)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+
+def load_training(path: str):
+    """A training-only YAML file (paths relative to the file, as in a full config)."""
+    from pathlib import Path
+
+    import yaml
+
+    from core.config import ConfigError, _resolve_paths
+    from core.training_config import TrainingConfig
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"training settings not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+        raw = raw.get("training", raw) if isinstance(raw, dict) else raw
+        resolved = _resolve_paths({"training": raw}, p.resolve().parent)["training"]
+        return TrainingConfig.model_validate(resolved)
+    except Exception as exc:
+        raise ConfigError(f"{p} is not valid training settings:\n{exc}") from exc
+
+
+def _positive(value, flag):
+    if value is not None and value < 1:
+        raise CliError(f"{flag} must be >= 1")
+    return value
+
+
+def cmd_train(args) -> int:
+    from core.config import ConfigError, load_config
+    from training.coevolve import TrainingError, TrainOptions, train
+    from training.gate import PublishError
+
+    try:
+        cfg = load_config(args.config)
+        if args.training:
+            cfg.training = load_training(args.training)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    _positive(args.iterations, "--iterations")
+    steps = _positive(args.steps, "--steps")
+    opts = TrainOptions(iterations=args.iterations, rl_steps=_positive(args.rl_steps, "--rl-steps") or steps,
+                        dpo_steps=_positive(args.dpo_steps, "--dpo-steps") or steps, out_root=args.out,
+                        local=args.local, address=args.address, evaluate=not args.no_gate,
+                        show_progress=not args.quiet)
+    if args.queries:
+        if args.queries.isdigit():
+            opts.max_queries = _positive(int(args.queries), "--queries")
+        elif os.path.exists(args.queries):
+            opts.query_file = args.queries
+        else:
+            raise CliError(f"--queries takes a number or a query file; {args.queries!r} is neither")
+    if args.publish and args.no_gate:
+        raise CliError("--publish needs the gate (drop --no-gate)")
+    from cluster.local import resolve_state_dir
+
+    publisher = None
+    state_dir = resolve_state_dir(cfg.model_copy(deep=True)).serve.state_dir
+    if args.publish:
+        from training.gate import ServicePublisher
+
+        publisher = ServicePublisher(cfg, api_key=args.api_key, url=args.url, ray_address=args.ray_address)
+        try:
+            publisher.check()  # fail before hours of training, not after
+        except PublishError as exc:
+            raise CliError(str(exc)) from None
+    try:
+        report = train(cfg, args.expert, opts, publisher=publisher, state_dir=state_dir)
+    except (TrainingError, PublishError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+    _print(report)
+    failed = [n for n, o in report.outcomes.items() if not o["ok"]]
+    return 1 if failed else 0
+
+
+def _print(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="coevolution training")
+    for col in ("expert", "job", "held-out F1 serving -> new", "Scorer agreement", "gate", "adapters"):
+        table.add_column(col)
+    for d in report.decisions:
+        o = report.outcomes.get(d["expert"], {})
+        f1 = "—" if d["serving_f1"] is None else f"{d['serving_f1']:.2f} -> {d['candidate_f1']:.2f}"
+        ag = "—" if d["serving_agreement"] is None else f"{d['serving_agreement']:.3f} -> {d['candidate_agreement']:.3f}"
+        job = f"ok ({o.get('seconds', 0):.0f}s)" if o.get("ok") else "[red]failed[/]"
+        gate = ("[green]promote[/]" if d["promote"] else "keep serving") + \
+               (" + scorer" if d["promote_scorer"] else "")
+        table.add_row(d["expert"], job, f1, ag, gate, o.get("dir") or "—")
+    console.print(table)
+    for d in report.decisions:
+        console.print(f"{d['expert']}: {d['reason']}; {d['scorer_reason']}")
+        o = report.outcomes.get(d["expert"], {})
+        if o.get("error"):
+            console.print(f"[red]{d['expert']} failed:[/] {o['error'].splitlines()[0]}")
+        if o.get("report"):
+            console.print(f"report: {o['report']}")
+    if report.published is not None:
+        p = report.published
+        if p.get("deployed") or p.get("map_version"):
+            console.print(f"published: deployed {p['deployed']}, retired {p['retired']}, map "
+                          f"{p['previous_map']} -> {p['map_version']}"
+                          + (f", scorer adapter {p['scorer_adapter']}" if p.get("scorer_adapter") else ""))
+        if p.get("note"):
+            console.print(p["note"])
+    console.print(f"summary: {report.summary_file}")

@@ -1,0 +1,131 @@
+"""Training data: the held-out split, feedback from the ticket store, knowledge levels, DPO rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.config import DIMENSIONS
+from core.training_config import ScorerDPOConfig
+from core.workflow import workflow_from_steps
+from experts.knowledge.retrieve import ChunkHit, NodeHit, RetrievedContext
+from leaderboard.workflow_cases import WorkflowCase
+from training.data import (FeedbackItem, feedback_queries, read_feedback, read_query_file, reversed_context,
+                           split_cases)
+from training.scorer_dpo import Triple, agreement, feedback_rows, preference_rows
+
+
+def _case(i: int) -> WorkflowCase:
+    return WorkflowCase(id=f"case-{i:03d}", query=f"alert {i}", reference_steps=["a b", "c d", "e f"],
+                        source=f"r{i}.md")
+
+
+def test_split_is_stable_and_keeps_cases_out():
+    cases = [_case(i) for i in range(50)]
+    train, held = split_cases(cases, 0.2, seed=0)
+    assert held and train and len(train) + len(held) == 50
+    assert not {c.id for c in train} & {c.id for c in held}
+    # Adding cases never moves an existing case to the other side.
+    train2, held2 = split_cases(cases + [_case(i) for i in range(50, 80)], 0.2, seed=0)
+    assert {c.id for c in held} <= {c.id for c in held2}
+    assert {c.id for c in train} <= {c.id for c in train2}
+    assert split_cases(cases, 0.2, seed=0) == (train, held)
+    assert split_cases([_case(1), _case(2)], 0.01)[1]  # tiny sets still hold one case out
+
+
+def test_reversed_context_reads_knowledge_backwards_without_touching_the_original():
+    ctx = RetrievedContext(
+        chunks=[ChunkHit(id="c1", text="first line\nsecond line", source="a.md", score=0.9),
+                ChunkHit(id="c2", text="other", source="b.md", score=0.5)],
+        nodes=[NodeHit(id="n1", incident="DiskFull", diagnosis_steps=["d1", "d2"], mitigation_steps=["m1"],
+                       score=0.8)])
+    rev = reversed_context(ctx)
+    assert rev.nodes[0].diagnosis_steps == ["m1", "d2", "d1"] and rev.nodes[0].mitigation_steps == []
+    assert [c.id for c in rev.chunks] == ["c2", "c1"]
+    assert rev.chunks[1].text == "second line\nfirst line"
+    assert ctx.nodes[0].diagnosis_steps == ["d1", "d2"] and ctx.chunks[0].text == "first line\nsecond line"
+    assert reversed_context(None) is None
+
+
+def test_feedback_comes_from_the_ticket_store(tmp_path):
+    from deployments.ticket_store import TicketStore
+
+    store = TicketStore(tmp_path / "tickets.sqlite")
+    wf = workflow_from_steps(["Check disk usage with df", "Delete old images", "Verify usage"])
+    result = {"expert": "smollm2-generalist", "best_index": 0,
+              "candidates": [{"workflow": {"mermaid": wf.to_mermaid(), **wf.model_dump(mode="json")}}]}
+    for tid, verdict in (("t1", "accept"), ("t2", "reject"), ("t3", "accept")):
+        store.accept(tid, {"title": f"Disk full {tid}", "description": "node-3 at 95%"}, {})
+        store.complete(tid, result)
+        store.add_feedback(tid, verdict)
+    store.accept("t4", {"title": "never finished"}, {})  # no result: skipped
+    store.add_feedback("t1", "accept")  # repeated verdict: counted once
+    items = read_feedback(tmp_path / "tickets.sqlite")
+    assert sorted((f.ticket_id, f.verdict) for f in items) == [("t1", "accept"), ("t2", "reject"), ("t3", "accept")]
+    assert items[0].ticket.startswith("Disk full") and "node-3" in items[0].ticket
+    queries = feedback_queries(items, "smollm2-generalist")
+    assert [q.id for q in queries] == ["ticket:t1", "ticket:t3"] and all(q.origin == "feedback" for q in queries)
+    assert feedback_queries(items, "other-expert") == []
+    assert feedback_queries(items, "smollm2-generalist-v2", roots={"smollm2-generalist"})
+    assert read_feedback(tmp_path / "missing.sqlite") == []
+
+
+def test_query_files(tmp_path):
+    (tmp_path / "q.txt").write_text("Disk full on node-3\n\nDNS fails in eu-west\n")
+    (tmp_path / "q.jsonl").write_text(json.dumps({"id": "x", "title": "VPN down", "description": "all users"}) + "\n")
+    assert [q.text for q in read_query_file(tmp_path / "q.txt")] == ["Disk full on node-3", "DNS fails in eu-west"]
+    [q] = read_query_file(tmp_path / "q.jsonl")
+    assert q.id == "x" and q.text == "VPN down\nall users" and q.origin == "file"
+    with pytest.raises(FileNotFoundError):
+        read_query_file(tmp_path / "none.txt")
+
+
+def _wf(*steps):
+    return workflow_from_steps(list(steps))
+
+
+def test_preference_rows_drop_pairs_the_scorer_contradicts(fake_engine_cls):
+    engine = fake_engine_cls()
+    t = Triple(query="disk full", workflows={"good": _wf("Check df -h", "Delete images"),
+                                             "fair": _wf("Delete images", "Check df -h"),
+                                             "poor": _wf("Roll back checkout", "Check 502 rate")})
+    # The current Scorer ranks fair above good: that pair is discarded, the two others kept.
+    scores = [{"good": 3.0, "fair": 3.4, "poor": 2.0}]
+    rows, counts = preference_rows([t], scores, engine, list(DIMENSIONS), ScorerDPOConfig())
+    assert counts == {"pairs": 3, "kept_pairs": 2, "discarded_pairs": 1}
+    assert len(rows) == 4  # two rows per kept pair, one dimension each
+    kinds = [r["kind"] for r in rows]
+    assert kinds == ["good>poor", "poor<good", "fair>poor", "poor<fair"]
+    assert (rows[0]["chosen"], rows[0]["rejected"]) == (" 5", " 1")  # on the good workflow's prompt
+    assert (rows[1]["chosen"], rows[1]["rejected"]) == (" 1", " 5")  # on the poor workflow's prompt
+    assert (rows[2]["chosen"], rows[2]["rejected"]) == (" 3", " 1")
+    assert rows[0]["prompt"].endswith("Score:") and "Check df -h" in rows[0]["prompt"]
+    assert rows[0]["dimension"] != rows[2]["dimension"]  # dimensions cycle across pairs
+    # A margin tolerates small contradictions.
+    _, counts = preference_rows([t], scores, engine, list(DIMENSIONS), ScorerDPOConfig(consistency_margin=0.5))
+    assert counts["discarded_pairs"] == 0
+    rows, _ = preference_rows([t], scores, engine, list(DIMENSIONS), ScorerDPOConfig(dimensions_per_pair=5))
+    assert len(rows) == 2 * 5 * 2
+    # Missing workflows make no pairs.
+    t2 = Triple(query="q", workflows={"good": None, "fair": _wf("a b", "c d"), "poor": _wf("e f", "g h")})
+    assert t2.complete_pairs() == [("fair", "poor")]
+
+
+def test_feedback_rows_follow_the_verdict(fake_engine_cls):
+    wf = _wf("Check df -h", "Delete images").model_dump(mode="json")
+    items = [FeedbackItem(ticket_id="a", ticket="disk", workflow=wf, verdict="accept"),
+             FeedbackItem(ticket_id="b", ticket="disk", workflow=wf, verdict="reject"),
+             FeedbackItem(ticket_id="c", ticket="disk", workflow={"steps": []}, verdict="accept")]
+    rows = feedback_rows(items, fake_engine_cls(), list(DIMENSIONS), ScorerDPOConfig())
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [(" 5", " 1"), (" 1", " 5")]
+
+
+def test_agreement_counts_pairs_in_level_order():
+    scores = [{"good": 4.0, "fair": 3.0, "poor": 2.0},  # 3/3, fully ordered
+              {"good": 3.0, "fair": 3.5, "poor": 2.0},  # 2/3
+              {"fair": 2.0, "poor": 2.0}]  # a tie counts half; no full triple
+    a = agreement(scores)
+    assert a["pairs"] == 7 and a["pairwise"] == pytest.approx(5.5 / 7, abs=1e-4)
+    assert a["triples"] == 2 and a["full_order"] == 0.5
+    assert agreement([])["pairwise"] is None

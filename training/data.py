@@ -1,0 +1,179 @@
+"""Training data from queries only: runbook cases split into train / held-out, operator feedback, and
+the three knowledge levels that turn one query into good / fair / poor workflows.
+
+No reference workflow is ever used for training (as in FlowXpert): the Planner learns from the
+Scorer's reward, the Scorer from the order of knowledge levels and from operators' verdicts. The
+references of held-out cases are only read by the gate's STEPScore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from leaderboard.workflow_cases import WorkflowCase
+
+log = logging.getLogger(__name__)
+
+
+class TrainQuery(BaseModel):
+    """A query the Planner is trained on."""
+
+    id: str = Field(description="Case id, or `ticket:<id>` for an accepted ticket.")
+    text: str = Field(description="What the Planner is asked (ticket title + description).")
+    source: str | None = Field(default=None, description="Runbook file the query came from (retrieval may hide "
+                                                         "it when training on held-out knowledge).")
+    origin: str = Field(default="runbook", description="runbook, feedback or file.")
+
+
+class FeedbackItem(BaseModel):
+    """An operator's verdict on a workflow the service returned."""
+
+    ticket_id: str
+    ticket: str = Field(description="Ticket text as the Planner and Scorer saw it.")
+    workflow: dict = Field(description="The judged candidate's workflow (steps + edges).")
+    verdict: str = Field(description="accept or reject.")
+    expert: str | None = Field(default=None, description="Expert that wrote the workflow.")
+
+
+def _unit(seed: int, key: str) -> float:
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_cases(cases: list[WorkflowCase], holdout_fraction: float, seed: int = 0
+                ) -> tuple[list[WorkflowCase], list[WorkflowCase]]:
+    """(train, held-out) by a hash of each case id: a case stays on its side when others are added."""
+    train, held = [], []
+    for c in sorted(cases, key=lambda c: c.id):
+        (held if _unit(seed, c.id) < holdout_fraction else train).append(c)
+    if not held and len(train) > 1:  # tiny sets: keep at least one case out
+        held.append(train.pop())
+    return train, held
+
+
+def sample(items: list, limit: int | None, seed: int = 0) -> list:
+    """A deterministic sample of at most `limit` items, in their original order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    keep = set(random.Random(seed).sample(range(len(items)), limit))
+    return [x for i, x in enumerate(items) if i in keep]
+
+
+def case_queries(cases: list[WorkflowCase]) -> list[TrainQuery]:
+    return [TrainQuery(id=c.id, text=c.query, source=c.source, origin="runbook") for c in cases]
+
+
+def read_query_file(path: str | Path) -> list[TrainQuery]:
+    """Queries from a file: one per line (.txt), or JSONL rows with `query`, `text` or title+description."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"query file not found: {p}")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if p.suffix in (".jsonl", ".json") or line.startswith("{"):
+            row = json.loads(line)
+            text = row.get("query") or row.get("text") or \
+                f"{row.get('title', '')}\n{row.get('description', '')}".strip()
+            qid = str(row.get("id") or f"{p.stem}:{n}")
+        else:
+            text, qid = line, f"{p.stem}:{n}"
+        if text:
+            out.append(TrainQuery(id=qid, text=text, origin="file"))
+    return out
+
+
+def read_feedback(store_path: str | Path) -> list[FeedbackItem]:
+    """Operator verdicts from the service's ticket store (`<state_dir>/tickets.sqlite`).
+
+    The latest verdict per (ticket, candidate) wins; tickets without a stored result are skipped.
+    """
+    p = Path(store_path)
+    if not p.exists():
+        return []
+    from core.schemas import Ticket
+    from deployments.ticket_store import TicketStore
+
+    latest: dict[tuple[str, int], FeedbackItem] = {}
+    for row in TicketStore(p).feedback():
+        result = row.get("result") or {}
+        cands = result.get("candidates") or []
+        idx = row.get("candidate")
+        idx = result.get("best_index", 0) if idx is None else idx
+        if not cands or idx is None or idx >= len(cands):
+            continue
+        try:
+            ticket = Ticket.model_validate(row["request"]).text()
+        except Exception:  # a request the current schema no longer accepts: use its raw text
+            req = row.get("request") or {}
+            ticket = f"{req.get('title', '')}\n{req.get('description', '')}".strip()
+        wf = cands[idx].get("workflow") or {}
+        latest[(row["ticket_id"], idx)] = FeedbackItem(
+            ticket_id=row["ticket_id"], ticket=ticket, workflow={"steps": wf.get("steps", []),
+                                                                 "edges": wf.get("edges", [])},
+            verdict=row["verdict"], expert=result.get("expert"))
+    return list(latest.values())
+
+
+def feedback_queries(items: list[FeedbackItem], expert: str | None = None, roots: set[str] | None = None
+                     ) -> list[TrainQuery]:
+    """Tickets whose workflow an operator accepted, as Planner queries (for `expert`, or any expert
+    whose name is in `roots`, e.g. the expert and its earlier trained versions)."""
+    seen, out = set(), []
+    for f in items:
+        if f.verdict != "accept" or f.ticket_id in seen:
+            continue
+        if expert is not None and f.expert != expert and not (roots and f.expert in roots):
+            continue
+        seen.add(f.ticket_id)
+        out.append(TrainQuery(id=f"ticket:{f.ticket_id}", text=f.ticket, origin="feedback"))
+    return out
+
+
+# ---- knowledge levels -------------------------------------------------------------------------
+def reversed_context(context):
+    """The same knowledge with every step list and every excerpt read backwards (the 'fair' level):
+    all the facts are there, in the wrong order."""
+    if context is None:
+        return None
+    ctx = context.model_copy(deep=True)
+    for node in ctx.nodes:
+        steps = list(node.diagnosis_steps or []) + list(node.mitigation_steps or [])
+        node.diagnosis_steps = steps[::-1]
+        node.mitigation_steps = []
+    for chunk in ctx.chunks:
+        lines = [x for x in chunk.text.splitlines() if x.strip()]
+        chunk.text = "\n".join(lines[::-1])
+    ctx.chunks = ctx.chunks[::-1]
+    ctx.nodes = ctx.nodes[::-1]
+    return ctx
+
+
+LEVELS = ("good", "fair", "poor")
+LEVEL_SCORE = {"good": 5, "fair": 3, "poor": 1}
+PAIRS = (("good", "fair"), ("good", "poor"), ("fair", "poor"))
+
+
+class ExcludingRetriever:
+    """Retrieval that can hide a query's own runbook (held-out knowledge)."""
+
+    def __init__(self, kb, exclude_own_doc: bool):
+        self.kb = kb
+        self.exclude_own_doc = exclude_own_doc
+
+    def retrieve(self, query: str, source: str | None, k_chunks: int, k_nodes: int, hide: bool | None = None):
+        hide = self.exclude_own_doc if hide is None else hide
+        if not hide or source is None:
+            return self.kb.retrieve(query, k_chunks=k_chunks, k_nodes=k_nodes)
+        ctx = self.kb.retrieve(query, k_chunks=k_chunks + 4 if k_chunks else 0, k_nodes=k_nodes + 2 if k_nodes else 0)
+        ctx.chunks = [c for c in ctx.chunks if c.source != source][:k_chunks]
+        ctx.nodes = [n for n in ctx.nodes if source not in n.sources][:k_nodes]
+        return ctx
