@@ -108,6 +108,11 @@ class ClassifierConfig(_Strict):
     vote_temperature: float = Field(default=0.05, gt=0, le=1,
                                     description="Softmax temperature turning neighbour similarities into "
                                                 "task votes (lower: nearest neighbours dominate).")
+    head_weight: float = Field(default=0.0, ge=0, le=1,
+                               description="Weight of the supervised head (a linear classifier trained on the "
+                                           "labeled examples' MiniLM embeddings + n-grams) in the retrieval-side "
+                                           "distribution, against the neighbour vote; 0 = vote only.")
+    head_c: float = Field(default=4.0, gt=0, description="Inverse regularisation of the supervised head.")
     cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="Retrieval-only shortcut.")
 
 

@@ -1,6 +1,20 @@
-"""Build the Serve application from a FlowRouterConfig: one deployment per model, plus the ingress."""
+"""Build the Serve application from a FlowRouterConfig: one deployment per model, plus the ingress.
+
+Every deployment carries a version computed from what its replicas are built from (its own
+config section, the files it reads, the source of its deployment module). Re-running `serve.run`
+with a changed config (cluster/deploy.py adds an expert to the running app) then restarts only the
+deployments whose inputs changed: the new expert starts, the ingress rolls (it gains a handle), and
+the classifier, scorer and other planners keep their warm replicas. Without a version Serve would
+treat every deployment as new and reload every model.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+from pathlib import Path
 
 from ray.serve import Application
 
@@ -11,9 +25,39 @@ from deployments.options import ingress_options, model_deployment_options
 from deployments.planner import PlannerDeployment
 from deployments.scorer import ScorerDeployment
 
+log = logging.getLogger(__name__)
+
 
 def planner_deployment_name(expert: str) -> str:
     return f"planner-{expert}"
+
+
+def _file_digest(path: str | Path) -> str:
+    p = Path(path)
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else str(p)
+    except OSError:
+        return str(p)
+
+
+def deployment_version(cls, *parts) -> str:
+    """Hash of the deployment class's module source and the JSON of `parts` (what its replicas use)."""
+    try:
+        source = _file_digest(inspect.getsourcefile(getattr(cls, "func_or_class", cls)) or "")
+    except TypeError:
+        source = ""
+    blob = json.dumps([source, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _versioned(deployment, options: dict, version: str):
+    """`deployment.options(**options)` with a fixed version (Serve's own option, set the way Serve sets it
+    internally); falls back to Serve-managed versions if this Ray refuses it."""
+    try:
+        return deployment.options(**options, version=version, _internal=True)
+    except (TypeError, ValueError) as exc:  # a Ray without the option: every serve.run restarts everything
+        log.warning("deployment versions unavailable (%s): updates will restart every replica", exc)
+        return deployment.options(**options)
 
 
 def build_app(cfg: FlowRouterConfig, knowledge_dir: str | None = None) -> Application:
@@ -21,14 +65,20 @@ def build_app(cfg: FlowRouterConfig, knowledge_dir: str | None = None) -> Applic
     if not cfg.serve.state_dir:
         raise ValueError("serve.state_dir must be resolved before building the app")
     config = cfg.model_dump(mode="json")
-    classifier = ClassifierDeployment.options(
-        **model_deployment_options(cfg.classifier.model, "classifier")).bind(config)
-    planners = {
-        e.name: PlannerDeployment.options(**model_deployment_options(e, planner_deployment_name(e.name))).bind(
-            e.model_dump(mode="json"), cfg.planner.model_dump(mode="json"), knowledge_dir)
-        for e in cfg.experts
-    }
-    scorer = ScorerDeployment.options(**model_deployment_options(cfg.scorer.model, "scorer")).bind(
-        cfg.scorer.model_dump(mode="json"))
-    return Ingress.options(**ingress_options(cfg.serve, cfg.flood)).bind(config, classifier, planners, scorer,
-                                                                         knowledge_dir)
+    cls_opts = model_deployment_options(cfg.classifier.model, "classifier")
+    tasks = cfg.tasks.model_dump(mode="json")
+    classifier = _versioned(ClassifierDeployment, cls_opts, deployment_version(
+        ClassifierDeployment, config["classifier"], tasks,
+        [_file_digest(cfg.tasks.tasks)] + [_file_digest(p) for p in cfg.tasks.examples])).bind(config)
+    planners = {}
+    for e in cfg.experts:
+        spec, planner = e.model_dump(mode="json"), cfg.planner.model_dump(mode="json")
+        opts = model_deployment_options(e, planner_deployment_name(e.name))
+        planners[e.name] = _versioned(PlannerDeployment, opts, deployment_version(
+            PlannerDeployment, spec, planner, knowledge_dir)).bind(spec, planner, knowledge_dir)
+    scorer_cfg = cfg.scorer.model_dump(mode="json")
+    scorer = _versioned(ScorerDeployment, model_deployment_options(cfg.scorer.model, "scorer"),
+                        deployment_version(ScorerDeployment, scorer_cfg)).bind(scorer_cfg)
+    return _versioned(Ingress, ingress_options(cfg.serve, cfg.flood),
+                      deployment_version(Ingress, config, knowledge_dir)).bind(config, classifier, planners, scorer,
+                                                                               knowledge_dir)

@@ -553,15 +553,17 @@ def nearest_task_assigner(examples: list[LabeledQuery]) -> Callable[[Any], str]:
 
 
 def from_starter(directory: str | Path | None = None, cases: Iterable | None = None,
-                 case_task: str | Callable[[Any], str | None] | None = None) -> TaskSet:
+                 case_task: str | Callable[[Any], str | None] | None = None,
+                 case_rules: dict[str, str] | None = None) -> TaskSet:
     """The starter pack: `tasks.yaml` (name, version, description, tasks: [{name, description}]),
     `examples.jsonl` ({id, text, task}) and, when present, `tickets.jsonl` ({title, description,
     expected_task}) as the classifier holdout.
 
     The pack has no expert evaluation items of its own. Pass workflow `cases` (e.g. from
     `leaderboard.workflow_cases.load_runbook_cases`) to evaluate experts on them; `case_task` files
-    each case under a task (a name, a function, or by default the task of the nearest labeled
-    example, see `nearest_task_assigner`).
+    each case under a task (a name or a function). By default each case is filed by its runbook
+    folder (or `case_rules`, path glob -> task) and otherwise labeled by the service's classifier
+    (see leaderboard/case_tasks.py); how each was decided is in `meta["case_tasks"]`.
     """
     d = Path(directory) if directory else STARTER_DIR
     tasks_file = d / "tasks.yaml"
@@ -585,12 +587,21 @@ def from_starter(directory: str | Path | None = None, cases: Iterable | None = N
                 holdout.append(LabeledQuery(id=str(row.get("id") or f"ticket-{n}"), text=text, task=task,
                                             source="starter-tickets"))
     items = []
+    case_meta: dict = {}
     if cases is not None:
-        assign = case_task if case_task is not None else nearest_task_assigner(examples)
-        items = workflow_items(cases, assign)
+        if case_task is not None:
+            items = workflow_items(cases, case_task)
+        else:
+            from leaderboard.case_tasks import assign_case_tasks
+
+            cases = list(cases)
+            assign, case_meta = assign_case_tasks(cases, tasks, examples, rules=case_rules)
+            items = workflow_items(cases, assign)
+    meta = {"source": str(d), "pack_version": head.get("version"), "workflow_cases": len(items)}
+    if case_meta:
+        meta["case_tasks"] = case_meta
     return TaskSet(name=str(head.get("name") or "starter"), description=str(head.get("description") or ""),
-                   tasks=tasks, examples=examples, holdout=holdout, items=items,
-                   meta={"source": str(d), "pack_version": head.get("version"), "workflow_cases": len(items)})
+                   tasks=tasks, examples=examples, holdout=holdout, items=items, meta=meta)
 
 
 def with_items(taskset: TaskSet, items: Iterable) -> TaskSet:
@@ -610,11 +621,18 @@ TASKSETS: dict[str, Callable[[], TaskSet]] = {
 }
 
 
-def load_taskset(name_or_dir: str | Path, cases_dir: str | Path | None = None) -> TaskSet:
+def load_taskset(name_or_dir: str | Path, cases_dir: str | Path | None = None,
+                 case_tasks: str | Path | None = None) -> TaskSet:
     """A task set by registered name (see TASKSETS) or from a saved task-set folder.
 
-    `cases_dir` adds workflow cases read by `leaderboard.workflow_cases.load_runbook_cases`, filed
-    under the nearest task (starter) — for other sets, use `with_items` with an explicit task."""
+    `cases_dir` adds workflow cases read by `leaderboard.workflow_cases.load_runbook_cases` (starter-style
+    sets), each filed under a task by its folder, the rules in the `case_tasks` YAML (path glob -> task),
+    or the classifier (leaderboard/case_tasks.py) — for other sets, use `with_items` with an explicit task."""
+    rules = None
+    if case_tasks is not None:
+        from leaderboard.case_tasks import load_case_task_rules
+
+        rules = load_case_task_rules(case_tasks)
     p = Path(name_or_dir)
     if str(name_or_dir) in TASKSETS and not (p / "taskset.yaml").exists():
         if cases_dir is not None:
@@ -623,7 +641,7 @@ def load_taskset(name_or_dir: str | Path, cases_dir: str | Path | None = None) -
                                    "with_items(...) with an explicit task for others")
             from leaderboard.workflow_cases import load_runbook_cases
 
-            return from_starter(cases=load_runbook_cases(cases_dir))
+            return from_starter(cases=load_runbook_cases(cases_dir), case_rules=rules)
         return TASKSETS[str(name_or_dir)]()
     if (p / "taskset.yaml").exists():
         return TaskSet.load(p)
@@ -633,6 +651,6 @@ def load_taskset(name_or_dir: str | Path, cases_dir: str | Path | None = None) -
             from leaderboard.workflow_cases import load_runbook_cases
 
             cases = load_runbook_cases(cases_dir)
-        return from_starter(p, cases=cases)
+        return from_starter(p, cases=cases, case_rules=rules)
     raise TaskSetError(f"unknown task set {str(name_or_dir)!r}: use one of {sorted(TASKSETS)} or a folder "
                        "holding taskset.yaml (a saved task set) or tasks.yaml (a starter-style pack)")

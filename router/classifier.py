@@ -1,8 +1,16 @@
 """Stage 1: the task classifier (CoE-Ops Prompt 3 with retrieval), with a retrieval-only cascade.
 
-Retrieval gives a similarity-weighted vote over labeled neighbours; the LLM sees the task list plus
-the retrieved examples with their labels and yields a distribution over task names. When the
-neighbours agree strongly the LLM is skipped. The reply says which path decided.
+Retrieval gives a similarity-weighted vote over labeled neighbours, optionally mixed with a
+supervised linear head trained on the labeled examples (`head_weight`, see router/head.py): that is
+the retrieval-side distribution. The LLM sees the task list plus the retrieved examples with their
+labels and yields a distribution over task names. When the retrieval side is confident the LLM is
+skipped (the cascade). The reply says which path decided (`decided_by`).
+
+Modes (`classify(texts, mode=...)`; the service uses the default, `cascade` unless disabled):
+- `retrieval`: the retrieval-side distribution alone, never the LLM;
+- `llm`: the LLM alone, prompted with the task list and no examples;
+- `llm+retrieval`: always the LLM with examples, combined with retrieval by `llm_weight`;
+- `cascade`: `retrieval` when it is confident, else `llm+retrieval`.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ SYSTEM = "You classify IT operations tickets into exactly one task. Answer with 
 
 DECIDED_RETRIEVAL = "retrieval"
 DECIDED_LLM = "llm+retrieval"
+DECIDED_LLM_ONLY = "llm"
+MODES = ("retrieval", "llm", "llm+retrieval", "cascade")
 DECIDED_OOD = "out-of-domain"
 DECIDED_LOW = "low-confidence"
 
@@ -42,6 +52,12 @@ class TaskClassifier:
         self.llm = llm
         # Label continuations the LLM is scored on; the leading space matches how BPE splits words.
         self.labels = [" " + n for n in self.names]
+        self.head = None
+        if cfg.head_weight > 0:
+            from router.head import LinearHead
+
+            self.head = LinearHead([e.text for e in index.examples], [e.task for e in index.examples], self.names,
+                                   index.vectors, index.lexical, c=cfg.head_c)
 
     # ---- pieces ----------------------------------------------------------------------------
     def vote(self, neighbours: list[Neighbour]) -> dict[str, float]:
@@ -61,17 +77,36 @@ class TaskClassifier:
         shots = neighbours[: self.cfg.prompt_examples]
         # Most similar example last, nearest to the question (small models copy the recent label).
         examples = "\n\n".join(f"Ticket: {_shorten(n.text, 160)}\nTask: {n.task}" for n in reversed(shots))
-        user = (f"Tasks:\n{task_lines}\n\nLabeled tickets similar to the new one:\n\n{examples}\n\n"
+        similar = f"Labeled tickets similar to the new one:\n\n{examples}\n\n" if shots else ""
+        user = (f"Tasks:\n{task_lines}\n\n{similar}"
                 f"Classify the new ticket into one of the tasks.\n\nTicket: {_shorten(text, 400)}")
         assert self.llm is not None
         return self.llm.format_prompt(SYSTEM, user, assistant_prefix="Task:")
 
     # ---- the stage -------------------------------------------------------------------------
-    def classify(self, texts: list[str]) -> list[Classification]:
-        neighbours = self.index.search(texts, self.cfg.top_k)
+    def retrieve(self, texts: list[str]) -> tuple[list[list[Neighbour]], list[dict[str, float]]]:
+        """Neighbours and the retrieval-side distribution (vote, mixed with the head when enabled)."""
+        q = self.index.encode(texts)
+        neighbours = self.index.search(texts, self.cfg.top_k, q=q)
+        dists = [self.vote(n) for n in neighbours]
+        if self.head is not None:
+            w = self.cfg.head_weight
+            head = self.head.probs(texts, q)
+            dists = [{t: (1 - w) * v[t] + w * h[t] for t in self.names} for v, h in zip(dists, head)]
+        return neighbours, dists
+
+    def classify(self, texts: list[str], mode: str | None = None) -> list[Classification]:
+        """One Classification per text; `mode` (see MODES) defaults to the config: cascade when enabled,
+        else llm+retrieval. Without an LLM every mode decides by retrieval."""
+        if mode is None:
+            mode = "cascade" if self.cfg.cascade.enabled else "llm+retrieval"
+        if mode not in MODES:
+            raise ValueError(f"unknown classifier mode {mode!r}; use one of {MODES}")
+        if self.llm is None:
+            mode = "retrieval"
+        neighbours, votes = self.retrieve(texts)
         results: list[Classification | None] = [None] * len(texts)
         need_llm: list[int] = []
-        votes = [self.vote(n) for n in neighbours]
         for i, (nb, vote) in enumerate(zip(neighbours, votes)):
             examples = [n.brief() for n in nb]
             best = max(vote, key=vote.get)
@@ -79,19 +114,21 @@ class TaskClassifier:
             if nearest < self.cfg.min_neighbour_similarity:
                 results[i] = Classification(task=UNKNOWN, confidence=1 - vote[best], decided_by=DECIDED_OOD,
                                             distribution=vote, examples=examples)
-            elif (self.cfg.cascade.enabled and vote[best] >= self.cfg.cascade.min_agreement
-                  and nearest >= self.cfg.cascade.min_similarity) or self.llm is None:
+            elif mode == "retrieval" or (mode == "cascade" and vote[best] >= self.cfg.cascade.min_agreement
+                                         and nearest >= self.cfg.cascade.min_similarity):
                 results[i] = self._decide(vote, DECIDED_RETRIEVAL, examples)
             else:
                 need_llm.append(i)
         if need_llm:
-            prompts = [self.prompt(texts[i], neighbours[i]) for i in need_llm]
+            only = mode == "llm"
+            prompts = [self.prompt(texts[i], [] if only else neighbours[i]) for i in need_llm]
             dists = self.llm.label_probs(prompts, self.labels)
-            w = self.cfg.llm_weight
+            w = 1.0 if only else self.cfg.llm_weight
             for i, dist in zip(need_llm, dists):
                 llm = {n: dist[" " + n] for n in self.names}
                 combined = {t: w * llm[t] + (1 - w) * votes[i][t] for t in self.names}
-                results[i] = self._decide(combined, DECIDED_LLM, [n.brief() for n in neighbours[i]])
+                results[i] = self._decide(combined, DECIDED_LLM_ONLY if only else DECIDED_LLM,
+                                          [n.brief() for n in neighbours[i]])
         return results  # type: ignore[return-value]
 
     def _decide(self, dist: dict[str, float], path: str, examples: list[dict]) -> Classification:

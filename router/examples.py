@@ -77,8 +77,12 @@ class ExampleIndex:
         self.dense = DenseIndex(self.vectors)
         self.lexical = LexicalIndex([e.text for e in examples])
 
-    def search(self, texts: list[str], k: int) -> list[list[Neighbour]]:
-        q = self.embedder.encode(texts)
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.encode(texts)
+
+    def search(self, texts: list[str], k: int, q: np.ndarray | None = None) -> list[list[Neighbour]]:
+        """Top-k fused neighbours per text; `q` passes the texts' MiniLM vectors when already encoded."""
+        q = self.embedder.encode(texts) if q is None else q
         pool = min(len(self.examples), max(2 * k, k + 8))
         _, d_idx = self.dense.search(q, pool)
         _, l_idx = self.lexical.search(texts, pool)

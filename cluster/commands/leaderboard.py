@@ -3,12 +3,17 @@
     flowrouter leaderboard build [--config FILE | --expert SPEC.yaml ...] [--taskset NAME|DIR]
                                  [--max-items N] [--out DIR]
     flowrouter leaderboard add-model SPEC.yaml [--out DIR | --taskset NAME]
+                                     [--publish [--url URL] [--config FILE] [--admin-key KEY]]
     flowrouter leaderboard show [--out DIR | --taskset NAME] [--json]
     flowrouter leaderboard taskset NAME|DIR --out DIR
+    flowrouter leaderboard classifier --dataset owl-bench|it-tickets [--split test|dev] [--modes ...]
+                                      [--limit N] [--train-limit N]
 
 Results, the derived map (`maps/<version>.yaml`) and figures are written to the results folder
 (default `<cache>/leaderboards/<task set name>`). Publishing a map to a running cluster is
-`flowrouter map publish FILE`.
+`flowrouter map publish FILE`; `add-model --publish` does it in one go: it evaluates only the new
+model, deploys it into the running app when the new map routes a task to it (cluster/deploy.py),
+then publishes the regenerated map and prints what changed.
 """
 
 from __future__ import annotations
@@ -47,7 +52,34 @@ def register(subparsers) -> None:
     a.add_argument("--taskset", default=DEFAULT_TASKSET, help="locates the default results folder")
     a.add_argument("--no-plots", action="store_true")
     a.add_argument("--quiet", action="store_true")
+    a.add_argument("--publish", action="store_true",
+                   help="then deploy the expert into the running service if the new map routes a task to it, "
+                        "and publish the new map there")
+    from cluster.commands.map import add_service_args
+
+    add_service_args(a)
     a.set_defaults(func=cmd_add_model)
+
+    c = sub.add_parser("classifier", help="classifier accuracy / macro-F1 per mode on a shared labeled set")
+    c.add_argument("--dataset", required=True, choices=["owl-bench", "it-tickets"])
+    c.add_argument("--split", default="test", choices=["test", "dev"],
+                   help="test: the 20%% stratified holdout (seed 0); dev: 20%% of the train part (for tuning)")
+    c.add_argument("--modes", default="retrieval,llm,llm+retrieval,cascade",
+                   help="comma-separated: retrieval, llm, llm+retrieval, cascade (default all)")
+    c.add_argument("--limit", type=int, default=None, help="evaluate a stratified subset of N tickets")
+    c.add_argument("--train-limit", type=int, default=None,
+                   help="use a stratified subset of N training examples (retrieval, head and baseline)")
+    c.add_argument("--no-llm", action="store_true", help="retrieval only (LLM modes are skipped)")
+    for flag, key, typ in (("--k", "top_k", int), ("--head-weight", "head_weight", float),
+                           ("--lexical-weight", "lexical_weight", float), ("--llm-weight", "llm_weight", float),
+                           ("--min-agreement", "min_agreement", float), ("--vote-temperature", "vote_temperature",
+                                                                         float)):
+        c.add_argument(flag, dest=key, type=typ, default=None, help=f"override {key} (see leaderboard/classifier_eval.py)")
+    c.add_argument("--out", help="folder for classifier_eval.json and confusion PNGs "
+                                 "(default <cache>/classifier-eval/<dataset>-<split>)")
+    c.add_argument("--no-plots", action="store_true")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_classifier)
 
     s = sub.add_parser("show", help="print the score matrix, timings and the latest derived map")
     s.add_argument("--out", help="results folder of the leaderboard")
@@ -58,6 +90,7 @@ def register(subparsers) -> None:
     t = sub.add_parser("taskset", help="write a task set to a folder (YAML + JSONL) to inspect or edit it")
     t.add_argument("name", metavar="NAME|DIR")
     t.add_argument("--cases", help="folder of runbooks to add as workflow cases (starter task sets)")
+    t.add_argument("--case-tasks", metavar="FILE", help="YAML of runbook path globs -> task for --cases")
     t.add_argument("--out", required=True, help="folder to write")
     t.set_defaults(func=cmd_taskset)
 
@@ -69,6 +102,8 @@ def _taskset_args(p) -> None:
                    help=f"task set name ({', '.join(TASKSETS)}) or a folder (saved task set, or a starter-style "
                         f"pack with tasks.yaml); default {DEFAULT_TASKSET}")
     p.add_argument("--cases", help="folder of runbooks turned into workflow items (starter-style task sets)")
+    p.add_argument("--case-tasks", metavar="FILE", help="YAML of runbook path globs -> task for --cases (default: "
+                   "a runbook's first folder when named like a task, else the classifier labels it)")
 
 
 def _default_out(taskset_name: str) -> Path:
@@ -78,12 +113,12 @@ def _default_out(taskset_name: str) -> Path:
     return cache_dir() / "leaderboards" / slug(Path(taskset_name).name)
 
 
-def _load_taskset(name: str, cases: str | None):
+def _load_taskset(name: str, cases: str | None, case_tasks: str | None = None):
     from leaderboard.tasksets import TaskSetError, load_taskset
 
     try:
-        return load_taskset(name, cases_dir=cases)
-    except (TaskSetError, FileNotFoundError) as exc:
+        return load_taskset(name, cases_dir=cases, case_tasks=case_tasks)
+    except (TaskSetError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
 
 
@@ -122,7 +157,7 @@ def cmd_build(args) -> int:
     from leaderboard.runner import LeaderboardError, build_leaderboard
 
     specs, cfg = _specs(args)
-    taskset = _load_taskset(args.taskset, args.cases)
+    taskset = _load_taskset(args.taskset, args.cases, args.case_tasks)
     out = Path(args.out) if args.out else _default_out(taskset.name)
     max_items = None if args.max_items == 0 else args.max_items
     if max_items is not None and max_items < 0:
@@ -166,7 +201,100 @@ def cmd_add_model(args) -> int:
     _print_run(res.run)
     if res.diff is not None:
         print("\n".join(res.diff.lines()))
+    if args.publish:
+        publish_with_expert(args, spec, res.new_map)
     return 0
+
+
+def publish_with_expert(args, spec, new_map) -> None:
+    """Deploy `spec` into the running app when `new_map` routes to it, then publish `new_map` there."""
+    from cluster.commands.map import MapClient, publish_map, service_config
+
+    if new_map is None:
+        raise CliError("the leaderboard is incomplete, so there is no new map to publish; run it again to finish")
+    client = MapClient.from_args(args)
+    live = client.get()
+    tasks = sorted(live.get("tasks") or [])
+    if sorted(new_map.routes) != tasks:
+        raise CliError(f"the new map routes the tasks {sorted(new_map.routes)}, the service serves {tasks}: build "
+                       "the leaderboard on the service's task set (e.g. --taskset starter with --cases) to publish")
+    named = set(new_map.routes.values()) | {new_map.fallback}
+    missing = sorted(named - set(live.get("experts") or []) - {spec.name})
+    if missing:
+        raise CliError(f"the new map names experts the service does not deploy and this command cannot: {missing}")
+    if spec.name in named:
+        from cluster.deploy import DeployError, deployed_expert, upsert_expert
+
+        cfg = service_config(args)
+        try:
+            current = deployed_expert(cfg, spec.name)
+            if current is None or current.model_dump() != spec.model_dump():
+                upsert_expert(cfg, spec, echo=print)
+        except DeployError as exc:
+            raise CliError(str(exc)) from exc
+        live = client.get()
+        if spec.name not in (live.get("experts") or []):
+            raise CliError(f"expert {spec.name} was deployed but the service does not list it yet; "
+                           "publish the map with `flowrouter map publish` once it does")
+    else:
+        print(f"the new map routes no task to {spec.name}: nothing to deploy")
+    if new_map.version == live["current"]["version"]:
+        print(f"map {new_map.version} is already live")
+        return
+    publish_map(client, new_map, live)
+
+
+def cmd_classifier(args) -> int:
+
+    from core.paths import cache_dir
+    from leaderboard.classifier_eval import evaluate_modes, eval_config, load_eval_data
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    overrides = {k: getattr(args, k) for k in ("top_k", "head_weight", "lexical_weight", "llm_weight",
+                                               "min_agreement", "vote_temperature") if getattr(args, k) is not None}
+    try:
+        data = load_eval_data(args.dataset, args.split, limit=args.limit, train_limit=args.train_limit)
+        cfg = eval_config(overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from exc
+    out = Path(args.out) if args.out else cache_dir() / "classifier-eval" / f"{args.dataset}-{args.split}"
+    engine = None
+    if not args.no_llm and any(m != "retrieval" for m in modes):
+        from experts.engines.registry import build_engine
+
+        engine = build_engine(cfg.model)
+    print(f"{data.name} {data.split}: {len(data.train)} training examples, {len(data.test)} tickets evaluated, "
+          f"{len(data.tasks)} tasks", flush=True)
+    try:
+        report = evaluate_modes(data, modes, cfg, engine=engine, out_dir=out, progress=not args.quiet,
+                                plots=not args.no_plots)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    _print_classifier(report)
+    print(f"report: {out / 'classifier_eval.json'}")
+    return 0
+
+
+def _print_classifier(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"classifier on {report['dataset']} ({report['split']}: {report['n_test']} tickets, "
+                        f"{report['n_train']} examples)")
+    for col in ("mode", "accuracy", "macro-F1", "LLM share", "s / ticket"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    if "baseline" in report:
+        b = report["baseline"]
+        table.add_row("baseline: " + b["name"], f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}", "0", "")
+    for mode, r in report["modes"].items():
+        if "skipped" in r:
+            table.add_row(mode, "—", "—", "—", r["skipped"])
+            continue
+        table.add_row(mode, f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", f"{r['llm_share']:.2f}",
+                      f"{r['seconds'] / max(1, report['n_test']):.2f}")
+    Console().print(table)
+    for f in report.get("figures", []):
+        print(f"figure: {f}")
 
 
 def cmd_show(args) -> int:
@@ -192,9 +320,16 @@ def cmd_show(args) -> int:
 
 
 def cmd_taskset(args) -> int:
-    ts = _load_taskset(args.name, args.cases)
+    ts = _load_taskset(args.name, args.cases, args.case_tasks)
     path = ts.save(args.out)
     print(f"task set {ts.name} version {ts.version()} written to {path}")
+    decided = ts.meta.get("case_tasks") or {}
+    if decided:
+        by: dict[str, int] = {}
+        for v in decided.values():
+            key = v["by"] if v["task"] else "dropped (unknown)"
+            by[key] = by.get(key, 0) + 1
+        print("workflow cases filed by: " + ", ".join(f"{k} {n}" for k, n in sorted(by.items())))
     for row in ts.summary():
         kinds = ", ".join(f"{k} {v}" for k, v in row["items"].items()) or "no items"
         print(f"  {row['task']:<24} examples {row['examples']:>6}  holdout {row['holdout']:>5}  {kinds}")

@@ -1,0 +1,283 @@
+"""Classifier evaluation on the shared labeled sets: every mode, a TF-IDF + LinearSVC baseline, LLM share.
+
+    flowrouter leaderboard classifier --dataset owl-bench|it-tickets [--split test|dev]
+        [--modes retrieval,llm,llm+retrieval,cascade] [--limit N] [--train-limit N]
+
+The dataset's labeled queries are split as the leaderboard task sets split them (stratified,
+`split_labeled(queries, 0.2, seed 0)`): the 80% train part is the classifier's retrieval examples
+(and the supervised head's and the baseline's training data), the 20% test part is evaluated.
+`--split dev` carves a development part out of train instead (`split_labeled(train, 0.2, seed 1)`),
+for tuning settings without looking at the test part. `--limit` / `--train-limit` take stratified
+subsets (deterministic) to keep a run affordable on a small CPU.
+
+The classifier is the service's TaskClassifier (router/classifier.py) built on the dataset's own
+tasks (names plus the short descriptions below) and examples; every ticket here belongs to some task,
+so `unknown` is switched off (unknown_threshold 0, min_neighbour_similarity -1) and would count as
+an error. The baseline is trained and tested on exactly the same texts in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import CascadeConfig, ClassifierConfig, ModelSpec
+from core.schemas import LabeledQuery
+from leaderboard.metrics import classification_report
+from router.classifier import MODES, TaskClassifier
+from router.examples import ExampleIndex, TaskInfo
+
+log = logging.getLogger(__name__)
+
+IT_TICKET_DESCRIPTIONS = {
+    "hardware": "laptops, desktops, monitors, printers, docking stations, broken or faulty equipment",
+    "hr-support": "HR requests: leave, payroll, contracts, new starters and leavers, employee data",
+    "access": "accounts, passwords, logins, permissions to systems, folders and mailboxes",
+    "miscellaneous": "general requests and questions that fit no other topic",
+    "storage": "disk space, shared drives, mailbox size, file storage and backups",
+    "purchase": "ordering equipment, software licences, purchase orders and quotes",
+    "internal-project": "work items and changes for internal projects",
+    "administrative-rights": "local admin rights, software installation permissions",
+}
+
+DATASETS = ("owl-bench", "it-tickets")
+
+# Settings used for the datasets unless the command line says otherwise (chosen on --split dev).
+EVAL_DEFAULTS = {"top_k": 16, "lexical_weight": 0.5, "vote_temperature": 0.05, "head_weight": 0.7, "head_c": 4.0,
+                 "llm_weight": 0.3, "prompt_examples": 4, "min_agreement": 0.5}
+
+
+@dataclass
+class EvalData:
+    name: str
+    split: str
+    tasks: list[TaskInfo]
+    train: list[LabeledQuery]
+    test: list[LabeledQuery]
+    meta: dict = field(default_factory=dict)
+
+
+def _subset(items: list[LabeledQuery], n: int | None, seed: int) -> list[LabeledQuery]:
+    """A stratified, deterministic subset of about n items (all when n is None or larger)."""
+    from router.importers import split_labeled
+
+    if n is None or n >= len(items):
+        return items
+    _, part = split_labeled(items, n / len(items), seed)
+    return part
+
+
+def load_eval_data(dataset: str, split: str = "test", limit: int | None = None, train_limit: int | None = None,
+                   test_fraction: float = 0.2, seed: int = 0) -> EvalData:
+    from router.importers import IT_TICKET_TASKS, OWL_DESCRIPTIONS, OWL_TASKS, import_it_tickets, \
+        import_owl_bench, split_labeled
+
+    if dataset == "owl-bench":
+        queries = import_owl_bench()
+        tasks = [TaskInfo(t, OWL_DESCRIPTIONS.get(t, "")) for t in OWL_TASKS.values()]
+    elif dataset in ("it-tickets", "it-service-tickets"):
+        dataset = "it-tickets"
+        queries = import_it_tickets()
+        tasks = [TaskInfo(t, IT_TICKET_DESCRIPTIONS.get(t, "")) for t in IT_TICKET_TASKS.values()]
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; use one of {DATASETS}")
+    present = {q.task for q in queries}
+    tasks = [t for t in tasks if t.name in present]
+    train, test = split_labeled(queries, test_fraction, seed)
+    if split == "dev":
+        train, test = split_labeled(train, test_fraction, seed + 1)
+    elif split != "test":
+        raise ValueError("split must be test or dev")
+    full = (len(train), len(test))
+    train, test = _subset(train, train_limit, seed), _subset(test, limit, seed)
+    return EvalData(dataset, split, tasks, train, test,
+                    meta={"queries": len(queries), "train_full": full[0], "test_full": full[1],
+                          "test_fraction": test_fraction, "seed": seed})
+
+
+def baseline_svc(train: list[LabeledQuery], test: list[LabeledQuery]) -> list[str]:
+    """TF-IDF (word 1-2 grams + char_wb 2-4 grams, sublinear tf) + LinearSVC(C=1): the usual strong
+    linear text baseline (character n-grams make it work on Chinese too)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+    from sklearn.svm import LinearSVC
+
+    features = FeatureUnion([
+        ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True,
+                                 token_pattern=r"(?u)\b\w+\b")),
+        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)),
+    ])
+    model = make_pipeline(features, LinearSVC(C=1.0))
+    model.fit([q.text for q in train], [q.task for q in train])
+    return list(model.predict([q.text for q in test]))
+
+
+class CachedEmbedder:
+    """MiniLM vectors memoised on disk (`<cache>/classifier-eval/embeddings.npz`, keyed by text hash):
+    re-running an evaluation (other modes, other settings) does not re-encode thousands of texts."""
+
+    def __init__(self, embedder, path: str | Path | None = None):
+        import numpy as np
+
+        from core.paths import cache_dir
+
+        self.embedder, self.dim = embedder, embedder.dim
+        self.path = Path(path) if path else cache_dir() / "classifier-eval" / "embeddings.npz"
+        self.vectors: dict[str, "np.ndarray"] = {}
+        if self.path.exists():
+            with np.load(self.path) as z:
+                self.vectors = dict(zip(z["keys"].tolist(), z["vectors"]))
+        self.dirty = False
+
+    @staticmethod
+    def _key(text: str) -> str:
+        import hashlib
+
+        return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def encode(self, texts: list[str], **kw):
+        import numpy as np
+
+        keys = [self._key(t) for t in texts]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.vectors))
+        if todo:
+            first = {k: t for k, t in zip(keys, texts)}
+            for k, v in zip(todo, self.embedder.encode([first[k] for k in todo], **kw)):
+                self.vectors[k] = v
+            self.dirty = True
+        return np.ascontiguousarray(np.stack([self.vectors[k] for k in keys]) if keys
+                                    else np.zeros((0, self.dim)), dtype=np.float32)
+
+    def save(self) -> None:
+        import numpy as np
+
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(self.vectors)
+        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
+        np.savez(tmp, keys=np.array(keys), vectors=np.stack([self.vectors[k] for k in keys]))
+        tmp.replace(self.path)
+        self.dirty = False
+
+
+class _MemoLLM:
+    """Memoises label_probs per prompt so modes that ask the same question share one forward pass."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.memo: dict[tuple, dict] = {}
+        self.forward = 0
+
+    def format_prompt(self, *a, **kw):
+        return self.engine.format_prompt(*a, **kw)
+
+    def label_probs(self, prompts, labels):
+        key = tuple(labels)
+        todo = [p for p in dict.fromkeys(prompts) if (p, key) not in self.memo]
+        if todo:
+            for p, d in zip(todo, self.engine.label_probs(todo, labels)):
+                self.memo[(p, key)] = d
+            self.forward += len(todo)
+        return [self.memo[(p, key)] for p in prompts]
+
+
+def eval_config(overrides: dict | None = None, model: ModelSpec | None = None) -> ClassifierConfig:
+    o = {**EVAL_DEFAULTS, **(overrides or {})}
+    return ClassifierConfig(
+        model=model or ModelSpec(name="classifier-smollm2", base="smollm2-135m-instruct"),
+        top_k=o["top_k"], prompt_examples=o["prompt_examples"], lexical_weight=o["lexical_weight"],
+        llm_weight=o["llm_weight"], vote_temperature=o["vote_temperature"], head_weight=o["head_weight"],
+        head_c=o["head_c"], unknown_threshold=0.0, min_neighbour_similarity=-1.0,
+        cascade=CascadeConfig(enabled=True, min_agreement=o["min_agreement"], min_similarity=-1.0))
+
+
+def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, embedder=None, engine=None,
+                   out_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True,
+                   plots: bool = True, baseline: bool = True) -> dict:
+    """Accuracy, macro-F1, LLM share and time per mode (+ the baseline) on `data.test`."""
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown modes {bad}; use {', '.join(MODES)}")
+    labels = [t.name for t in data.tasks]
+    gold = [q.task for q in data.test]
+    report: dict = {"dataset": data.name, "split": data.split, "n_train": len(data.train), "n_test": len(data.test),
+                    "meta": data.meta, "config": cfg.model_dump(mode="json"), "modes": {}, "figures": []}
+    out = Path(out_dir) if out_dir else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    if baseline:
+        t0 = time.perf_counter()
+        pred = baseline_svc(data.train, data.test)
+        r = classification_report(gold, pred, labels)
+        report["baseline"] = {"name": "TF-IDF (word 1-2 + char 2-4) + LinearSVC", "accuracy": r.accuracy,
+                              "macro_f1": r.macro_f1, "seconds": time.perf_counter() - t0}
+    if embedder is None:
+        from core.embeddings import shared_embedder
+
+        embedder = shared_embedder()
+    if not isinstance(embedder, CachedEmbedder):
+        embedder = CachedEmbedder(embedder)
+    t0 = time.perf_counter()
+    embedder.encode([q.text for q in data.test])  # encoded once, saved with the training texts
+    index = ExampleIndex(data.train, embedder, cfg.lexical_weight)
+    embedder.save()
+    llm = _MemoLLM(engine) if engine is not None else None
+    clf = TaskClassifier(cfg, data.tasks, index, llm)
+    report["setup_seconds"] = time.perf_counter() - t0
+    texts = [q.text for q in data.test]
+    batches = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
+    memo: dict[int, tuple] = {}
+    orig = clf.retrieve
+
+    def retrieve(batch):  # the same batches in every mode: retrieval runs once per batch
+        key = hash(tuple(batch))
+        if key not in memo:
+            memo[key] = orig(batch)
+        return memo[key]
+
+    clf.retrieve = retrieve
+    from contextlib import nullcontext
+
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    else:
+        bar = nullcontext(None)
+    with bar as b:
+        for mode in modes:
+            if mode != "retrieval" and llm is None:
+                report["modes"][mode] = {"skipped": "no LLM (--no-llm)"}
+                continue
+            task = b.add_task(mode, total=len(texts)) if b else None
+            t0 = time.perf_counter()
+            before = llm.forward if llm else 0
+            results = []
+            for batch in batches:
+                results.extend(clf.classify(batch, mode=mode))
+                if b:
+                    b.update(task, advance=len(batch))
+            pred = [r.task for r in results]
+            r = classification_report(gold, pred, labels)
+            decided: dict[str, int] = {}
+            for res in results:
+                decided[res.decided_by] = decided.get(res.decided_by, 0) + 1
+            used_llm = sum(v for k, v in decided.items() if k.startswith("llm"))
+            report["modes"][mode] = {"accuracy": r.accuracy, "macro_f1": r.macro_f1,
+                                     "llm_share": used_llm / max(1, len(results)), "decided_by": decided,
+                                     "seconds": time.perf_counter() - t0,
+                                     "new_llm_forward_passes": (llm.forward - before) if llm else 0,
+                                     "confusion": r.as_dict()}
+            if out and plots:
+                from leaderboard.plots import plot_confusion
+
+                f = plot_confusion(r, out / f"confusion-{mode.replace('+', '-')}.png",
+                                   title=f"{data.name} ({data.split}, n={len(texts)}): {mode}")
+                report["figures"].append(str(f))
+    if out:
+        (out / "classifier_eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    return report
