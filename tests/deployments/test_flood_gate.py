@@ -254,15 +254,15 @@ def test_running_tickets_of_a_crashed_replica_are_run_again(tmp_path):
 
 def test_live_tickets_are_not_stolen(tmp_path):
     """A long computation keeps its ticket alive with heartbeats: nobody runs it twice."""
-    models = Models(delay=1.0)
+    models = Models(delay=3.0)
 
     async def main():
-        gate, store = _gate(tmp_path, models)  # stale after 0.3 s, heartbeat every 0.1 s
+        gate, store = _gate(tmp_path, models, heartbeat_s=0.2, stale_after_s=1.0)
         other = TicketStore(tmp_path / "tickets.sqlite")
         task = asyncio.create_task(gate.solve_sync(_t(1), None, None))
-        for _ in range(8):
-            await asyncio.sleep(0.1)
-            assert other.claim(10, stale_after_s=0.3) == []
+        for _ in range(10):  # 2.5 s: far past stale_after_s, so only heartbeats keep it
+            await asyncio.sleep(0.25)
+            assert other.claim(10, stale_after_s=1.0) == []
         await task
         assert len(models.calls) == 1 and store.get("t1")["attempts"] == 1
         await gate.worker.stop()
