@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 
 STARTER_TICKETS = Path(__file__).resolve().parents[1] / "starter" / "tickets.jsonl"
-STAGES = ("classify", "retrieve", "plan", "score", "total")
+STAGES = ("classify", "retrieve", "plan", "score", "compute", "total")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -33,11 +34,13 @@ def run(url: str, count: int, candidates: int, tickets_file: Path, warmup: int =
     timings: dict[str, list[float]] = {s: [] for s in STAGES}
     client: list[float] = []
     experts: dict[str, int] = {}
-    with httpx.Client(timeout=900) as http:
+    key = os.environ.get("FLOWROUTER_API_KEY")  # for a service in `auth.mode: keys`
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(timeout=900, headers=headers) as http:
         for i in range(warmup + count):
             t = tickets[i % len(tickets)]
             t0 = time.perf_counter()
-            r = http.post(f"{url}/v1/tickets", params={"candidates": candidates, "cache": "bypass"}, json=t)
+            r = http.post(f"{url}/v1/tickets", params={"candidates": candidates, "cache": "false"}, json=t)
             elapsed = (time.perf_counter() - t0) * 1000
             if r.status_code != 200:
                 raise SystemExit(f"ticket {i} failed: HTTP {r.status_code} {r.text[:200]}")
