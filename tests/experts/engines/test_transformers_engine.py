@@ -55,6 +55,37 @@ def test_generate_n_samples_stop_and_seed(smollm2):
         SamplingParams(n=2, temperature=0)
 
 
+def test_static_cache_generates_the_same_tokens_as_plain_generate(smollm2, caplog):
+    """The preallocated cache (greedy and shared-prefill best-of-N) must not change what is generated:
+    reference = transformers' own generate with its default DynamicCache, same seed."""
+    prompts = [smollm2.format_prompt("You are helpful.", "Steps to restart a web server, numbered.", "1."),
+               smollm2.format_prompt("You are helpful.", "Why is my disk full?", "1.")]
+    tok = smollm2.tokenizer
+    enc = [smollm2._encode_prompt(p) for p in prompts]
+    width = max(len(e) for e in enc)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in enc])
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
+
+    def reference(**kw):
+        with torch.inference_mode():
+            out = smollm2.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20,
+                                         pad_token_id=tok.pad_token_id, **kw)
+        rows = [[t for t in r if t != tok.pad_token_id] for r in out[:, width:].tolist()]
+        return [r[: r.index(tok.eos_token_id)] if tok.eos_token_id in r else r for r in rows]
+
+    greedy = smollm2.generate(prompts, SamplingParams(max_new_tokens=20))
+    want = reference(do_sample=False, temperature=None, top_p=None, top_k=None)
+    assert [g.texts[0] for g in greedy] == [tok.decode(r, skip_special_tokens=True) for r in want]
+
+    with caplog.at_level("WARNING", logger="experts.engines.transformers_engine"):
+        sampled = smollm2.generate(prompts, SamplingParams(n=3, temperature=0.8, max_new_tokens=20, seed=3))
+    assert "shared prefill unavailable" not in caplog.text  # the fast path ran, not the fallback
+    torch.manual_seed(3)
+    want = reference(do_sample=True, temperature=0.8, top_p=1.0, num_return_sequences=3)
+    got = [t for g in sampled for t in g.texts]
+    assert got == [tok.decode(r, skip_special_tokens=True) for r in want]
+
+
 def test_gemma_sliding_window_prefix_reuse_is_exact():
     """Gemma 3 mixes sliding-window layers; prompts longer than the window must still be exact."""
     from experts.engines.transformers_engine import TransformersEngine
