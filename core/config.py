@@ -70,13 +70,17 @@ class ModelSpec(_Strict):
                                                                  "(engine=vllm only).")
 
     def fingerprint(self) -> str:
-        """Version key of what this model answers with: weights + adapter + prompt."""
+        """Version key of what this model answers with: weights (and their dtype) + adapter + prompt."""
         adapter_id = ""
         if self.adapter:
             meta = Path(self.adapter) / "adapter_model.safetensors"
             adapter_id = f"{self.adapter}:{meta.stat().st_size if meta.exists() else 'missing'}"
-        blob = json.dumps([self.base, adapter_id, self.prompt_format, self.system_prompt,
-                           sorted(self.knowledge_scope)])
+        parts = [self.base, adapter_id, self.prompt_format, self.system_prompt, sorted(self.knowledge_scope)]
+        if self.dtype != "float32":
+            # Other dtypes answer (slightly) differently: leaderboard rows and cached results must not
+            # carry over. float32 adds nothing, so versions recorded before this field keep their key.
+            parts.append(self.dtype)
+        blob = json.dumps(parts)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

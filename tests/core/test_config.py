@@ -57,6 +57,7 @@ def test_model_spec_file_and_fingerprint(tmp_path):
     other = spec.model_copy(update={"system_prompt": "different"})
     assert spec.fingerprint() != other.fingerprint()
     assert ModelSpec(name="x", base="b").fingerprint() == ModelSpec(name="y", base="b").fingerprint()
+    assert ModelSpec(name="x", base="b", dtype="bfloat16").fingerprint() != ModelSpec(name="x", base="b").fingerprint()
     with pytest.raises(ConfigError, match="name"):
         bad = tmp_path / "bad.yaml"
         bad.write_text("name: Has Spaces\nbase: x\n")
