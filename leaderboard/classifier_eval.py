@@ -145,8 +145,15 @@ class CachedEmbedder:
         todo = list(dict.fromkeys(k for k in keys if k not in self.vectors))
         if todo:
             first = {k: t for k, t in zip(keys, texts)}
-            for k, v in zip(todo, self.embedder.encode([first[k] for k in todo], **kw)):
-                self.vectors[k] = v
+            # Tens of thousands of training texts take minutes on a CPU: show it.
+            chunks = [todo[i:i + 512] for i in range(0, len(todo), 512)]
+            if len(chunks) > 1:
+                from rich.progress import track
+
+                chunks = track(chunks, description=f"encoding {len(todo)} texts (MiniLM)")
+            for chunk in chunks:
+                for k, v in zip(chunk, self.embedder.encode([first[k] for k in chunk], **kw)):
+                    self.vectors[k] = v
             self.dirty = True
         return np.ascontiguousarray(np.stack([self.vectors[k] for k in keys]) if keys
                                     else np.zeros((0, self.dim)), dtype=np.float32)
