@@ -119,12 +119,12 @@ class CachedEmbedder:
     """MiniLM vectors memoised on disk (`<cache>/classifier-eval/embeddings.npz`, keyed by text hash):
     re-running an evaluation (other modes, other settings) does not re-encode thousands of texts."""
 
-    def __init__(self, embedder, path: str | Path | None = None):
+    def __init__(self, embedder, path: str | Path | None = None, progress: bool = True):
         import numpy as np
 
         from core.paths import cache_dir
 
-        self.embedder, self.dim = embedder, embedder.dim
+        self.embedder, self.dim, self.progress = embedder, embedder.dim, progress
         self.path = Path(path) if path else cache_dir() / "classifier-eval" / "embeddings.npz"
         self.vectors: dict[str, "np.ndarray"] = {}
         if self.path.exists():
@@ -145,15 +145,10 @@ class CachedEmbedder:
         todo = list(dict.fromkeys(k for k in keys if k not in self.vectors))
         if todo:
             first = {k: t for k, t in zip(keys, texts)}
-            # Tens of thousands of training texts take minutes on a CPU: show it.
-            chunks = [todo[i:i + 512] for i in range(0, len(todo), 512)]
-            if len(chunks) > 1:
-                from rich.progress import track
-
-                chunks = track(chunks, description=f"encoding {len(todo)} texts (MiniLM)")
-            for chunk in chunks:
-                for k, v in zip(chunk, self.embedder.encode([first[k] for k in chunk], **kw)):
-                    self.vectors[k] = v
+            # Tens of thousands of training texts take minutes on a CPU: show the encoder's progress bar.
+            kw.setdefault("progress", self.progress and len(todo) > 512)
+            for k, v in zip(todo, self.embedder.encode([first[k] for k in todo], **kw)):
+                self.vectors[k] = v
             self.dirty = True
         return np.ascontiguousarray(np.stack([self.vectors[k] for k in keys]) if keys
                                     else np.zeros((0, self.dim)), dtype=np.float32)
@@ -227,7 +222,7 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
 
         embedder = shared_embedder()
     if not isinstance(embedder, CachedEmbedder):
-        embedder = CachedEmbedder(embedder)
+        embedder = CachedEmbedder(embedder, progress=progress)
     t0 = time.perf_counter()
     embedder.encode([q.text for q in data.test])  # encoded once, saved with the training texts
     index = ExampleIndex(data.train, embedder, cfg.lexical_weight)

@@ -68,8 +68,9 @@ class TransformersEngine(Engine):
         # generate() is not re-entrant on one module; Serve may call from several threads.
         self._lock = threading.Lock()
         self._lru: OrderedDict[tuple, object] = OrderedDict()
-        # Sliding-window caches (Gemma 3) cannot be cut back to a shorter prefix.
-        self._croppable = not getattr(self.model.config, "sliding_window", None)
+        # Sliding-window caches (Gemma 3) cannot be cut back to a shorter prefix, and their layers do
+        # not fit the static cache path of generate; full-attention models get both.
+        self._full_attention = not getattr(self.model.config, "sliding_window", None)
 
     # ---- prompts -------------------------------------------------------------------------
     def format_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
@@ -118,7 +119,7 @@ class TransformersEngine(Engine):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
-        if self._croppable:
+        if self._full_attention:
             # A static cache makes generate torch.compile on GPUs: minutes per new shape, no gain here.
             kwargs["disable_compile"] = True
         with self._lock:
@@ -127,7 +128,7 @@ class TransformersEngine(Engine):
             if params.n > 1 and width > 1:
                 out = self._generate_shared_prefill(input_ids, attention, params.n, kwargs)
             else:
-                if self._croppable:
+                if self._full_attention:
                     kwargs["cache_implementation"] = "static"  # see _static_cache
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         new = out[:, width:]
@@ -154,11 +155,12 @@ class TransformersEngine(Engine):
             prefill = self.model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1],
                                  position_ids=positions, use_cache=True, logits_to_keep=1)
             cache = prefill.past_key_values
-            cache.batch_repeat_interleave(n)
             static = self._static_cache(input_ids.shape[1] + kwargs["max_new_tokens"])
-            if static is not None:
+            if static is None:
+                cache.batch_repeat_interleave(n)
+            else:  # StaticLayer has no batch_repeat_interleave: repeat while copying the prefill in
                 for i, layer in enumerate(cache.layers):
-                    static.update(layer.keys, layer.values, i,
+                    static.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0), i,
                                   {"cache_position": torch.arange(layer.keys.shape[2], device=self.device)})
                 cache = static
         except Exception as exc:  # a model or cache type without this path: plain generate
@@ -173,7 +175,7 @@ class TransformersEngine(Engine):
         The default DynamicCache appends with torch.cat, copying every layer's whole cache at every
         decoded token: on CPU that was 30-40% of a decode step with a ~1,000-token prompt (more at
         N=4); a static cache writes in place and gives the same tokens."""
-        if not self._croppable:
+        if not self._full_attention:
             return None
         from transformers import StaticCache
 
@@ -268,7 +270,7 @@ class TransformersEngine(Engine):
             if n > best_len:
                 best, best_len = key, n
         cache = None
-        if best is not None and (best_len == len(best) or (best_len >= _MIN_REUSE and self._croppable)):
+        if best is not None and (best_len == len(best) or (best_len >= _MIN_REUSE and self._full_attention)):
             self._lru.move_to_end(best)
             cache = copy.deepcopy(self._lru[best])
             if best_len < len(best):
