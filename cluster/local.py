@@ -59,8 +59,16 @@ def prepare(cfg: FlowRouterConfig, progress: bool = True) -> str | None:
     if not cfg.knowledge.docs:
         return None
     from experts.knowledge.build import ensure_knowledge_base
+    from experts.knowledge.store import KnowledgeStore
+    from router.doc_tasks import assigner_for, uncovered_experts
 
-    return str(ensure_knowledge_base(cfg.knowledge, progress=progress))
+    directory = ensure_knowledge_base(cfg.knowledge, progress=progress, assign_tasks=assigner_for(cfg))
+    for name in uncovered_experts(KnowledgeStore(directory).manifest(), cfg.experts):
+        log.warning("expert %s: its knowledge_scope covers no document of %s; its retrieval falls back to the "
+                    "whole base", name, directory)
+        if progress:
+            print(f"  WARNING expert {name}: knowledge_scope covers no document; retrieval uses the whole base")
+    return str(directory)
 
 
 def pid_file(cfg: FlowRouterConfig) -> Path:

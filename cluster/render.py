@@ -56,7 +56,8 @@ def render_workflow(steps: list[dict], edges: list[dict], width: int | None = No
             tl, tr, bl, br = g["ttl"], g["ttr"], g["tbl"], g["tbr"]
         else:
             tl, tr, bl, br = g["tl"], g["tr"], g["bl"], g["br"]
-        prefix = f"{n:>2} "
+        # Change steps alter the system: marked so an operator sees them before running anything.
+        prefix = f"{n:>2} " + ("[CHANGE] " if kind == "process" and s.get("action") == "change" else "")
         body = textwrap.wrap(clean(s["text"]), inner - len(prefix)) or [""]
         lines.append(f"  {tl}{g['h'] * (inner + 2)}{tr}")
         for j, chunk in enumerate(body):
@@ -79,6 +80,18 @@ def render_workflow(steps: list[dict], edges: list[dict], width: int | None = No
     return "\n".join(lines)
 
 
+def knowledge_line(result: dict) -> str:
+    """What the workflow was grounded in: the runbooks shown, or that none matched."""
+    k = result.get("knowledge") or {}
+    status = k.get("status", "matched" if result.get("context_ids") else "none matched")
+    if status != "matched":
+        return clean(f"{status}: the workflow is the model's own, not from a runbook")
+    items = [f"{clean(i.get('title', i.get('id')))} ({clean(i.get('source') or i['kind'])})" for i in k.get("items", [])
+             if i.get("kind") == "node"] or [clean(x) for x in result.get("context_ids", [])]
+    scope = "" if k.get("scope", "unscoped") == "unscoped" else f" [{clean(k['scope'])}]"
+    return ", ".join(items) + scope
+
+
 def render_result(result: dict, mermaid: bool = True, unicode: bool | None = None) -> str:
     best = result["candidates"][result["best_index"]]["scores"]
     wf = result["workflow"]
@@ -91,8 +104,7 @@ def render_result(result: dict, mermaid: bool = True, unicode: bool | None = Non
     ]
     dims = ("relevance", "coverage", "accuracy", "coherence", "conciseness")
     lines.append("scores   " + "  ".join(f"{d} {best[d]:.2f}" for d in dims if best.get(d) is not None))
-    if result.get("context_ids"):
-        lines.append("knowledge " + ", ".join(clean(x) for x in result["context_ids"]))
+    lines.append("knowledge " + knowledge_line(result))
     if result.get("shared"):
         lines.append(f"shared   {clean(result['shared'])}")
     lines += ["", render_workflow(wf["steps"], wf["edges"], unicode=unicode), ""]

@@ -127,6 +127,11 @@ class ScorerConfig(_Strict):
 
     model: ModelSpec = Field(description="Judge model.")
     dimensions: list[str] = Field(default=list(DIMENSIONS), description="Dimensions scored 1-5 (FlowXpert).")
+    structure_weight: float = Field(default=0.5, ge=0, le=4, description="Weight of the structural score (0-1: "
+                                    "a decision with both branches, a reachable terminal, observe before change) "
+                                    "added to the mean dimension score when best-of-N ranks candidates.")
+    grounding_weight: float = Field(default=1.0, ge=0, le=4, description="Weight of grounding (STEPScore F1, 0-1, of "
+                                    "a candidate against the retrieved reference workflow) in the same ranking.")
 
     @field_validator("dimensions")
     @classmethod
@@ -140,14 +145,24 @@ class ScorerConfig(_Strict):
 class PlannerConfig(_Strict):
     """How every expert writes candidates."""
 
-    candidates: int = Field(default=4, ge=1, le=16, description="N in best-of-N.")
-    max_new_tokens: int = Field(default=160, ge=16, le=2048, description="Token budget per candidate.")
-    temperature: float = Field(default=0.6, ge=0, le=2, description="Sampling temperature for N > 1.")
+    candidates: int = Field(default=4, ge=1, le=16, description="N in best-of-N (the first is the greedy decode, "
+                                                                "the others are sampled).")
+    max_new_tokens: int = Field(default=256, ge=16, le=2048, description="Token budget per candidate; a candidate "
+                                "that reaches it is closed after its last finished step.")
+    temperature: float = Field(default=0.6, ge=0, le=2, description="Sampling temperature of the sampled "
+                                                                    "candidates (N > 1).")
     top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
     repetition_penalty: float = Field(default=1.0, ge=1, le=2,
                                       description="Penalises reusing any token already in the prompt, which "
                                                   "also stops copying retrieved steps: keep near 1.")
-    max_steps: int = Field(default=10, ge=2, le=30, description="Longest workflow kept after parsing.")
+    max_steps: int = Field(default=10, ge=5, le=30, description="Most steps (lines) a workflow may have, "
+                                                                "terminals included: the grammar's bound.")
+    require_decision: bool = Field(default=True, description="The grammar asks every workflow for at least one "
+                                                             "yes/no decision.")
+    line_chars: int = Field(default=200, ge=40, le=1000, description="Soft cap on a step's characters: past it "
+                                                                     "the decoder prefers ending the step.")
+    frequency_penalty: float = Field(default=0.0, ge=0, le=2, description="Subtracted from a token's logit per earlier "
+                                     "use in the candidate's own output (not the prompt, which it copies from).")
     context_chunks: int = Field(default=3, ge=0, le=20, description="Knowledge chunks put in the prompt.")
     context_nodes: int = Field(default=2, ge=0, le=20, description="Incident nodes put in the prompt.")
 
@@ -158,6 +173,9 @@ class KnowledgeConfig(_Strict):
     docs: list[str] = Field(default_factory=list, description="Folders of Markdown/text operation documents.")
     directory: str | None = Field(default=None, description="Where the built base lives (default: cache).")
     chunk_chars: int = Field(default=900, ge=200, le=8000, description="Target characters per chunk.")
+    min_relevance: float = Field(default=0.45, ge=0, le=2, description="Retrieval score the best incident needs "
+                                 "to be shown; below it the answer says 'none matched' and the workflow is the "
+                                 "model's own. Calibrated with `flowrouter eval retrieval --calibrate`.")
 
 
 class TaskSetConfig(_Strict):

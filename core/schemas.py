@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.workflow import Step, Edge
+from core.workflow import Edge, Step, Workflow, to_mermaid
 
 UNKNOWN = "unknown"
 
@@ -54,13 +56,23 @@ class Scores(BaseModel):
     accuracy: float | None = None
     coherence: float | None = None
     conciseness: float | None = None
+    structure: float = Field(default=0.0, description="Structural quality 0-1: a decision with both branches, "
+                                                      "a reachable terminal, nothing changed before observing.")
+    grounding: float | None = Field(default=None, description="STEPScore F1 (0-1) against the retrieved reference "
+                                                              "workflow; null when no knowledge matched.")
     overall: float = Field(description="Mean of the scored dimensions (1-5).")
+    rank: float = Field(default=0.0, description="What best-of-N maximises: overall plus the weighted structure "
+                                                 "and grounding.")
 
 
 class WorkflowOut(BaseModel):
     mermaid: str = Field(description="Valid Mermaid `flowchart TD`.")
-    steps: list[Step]
-    edges: list[Edge]
+    steps: list[Step] = Field(description="Typed steps carrying their transitions (next, yes, no).")
+    edges: list[Edge] = Field(description="The same transitions as edges (derived from the steps).")
+
+    @classmethod
+    def of(cls, workflow: Workflow) -> "WorkflowOut":
+        return cls(mermaid=to_mermaid(workflow), steps=workflow.steps, edges=workflow.edges())
 
 
 class Candidate(BaseModel):
@@ -68,8 +80,98 @@ class Candidate(BaseModel):
     workflow: WorkflowOut
     scores: Scores
     raw_tokens: int = Field(default=0, description="Tokens the model generated for this candidate.")
-    origin: str = Field(default="model", description="model, or knowledge-base when every sample failed to "
-                                                    "parse and the top incident's own steps were used.")
+    origin: Literal["model"] = Field(default="model", description="Who wrote the workflow: always the expert "
+                                                                  "model (under the workflow grammar).")
+    decoding: Literal["greedy", "sampled"] = Field(default="sampled", description="greedy: the expert's greedy "
+                                                   "decode (always one of the N); sampled: a sampled one.")
+    closed_early: bool = Field(default=False, description="The token budget ran out: the unfinished last step "
+                                                          "was dropped and the workflow ends in a closing step.")
+
+
+# ---- messages between deployments --------------------------------------------------------------
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, description="Ticket text (title and description).")
+
+
+class ClassifyResponse(BaseModel):
+    classification: "Classification"
+    compute_ms: float = Field(description="Wall time of the batch this request ran in.")
+    batch_size: int
+
+
+class KnowledgeItem(BaseModel):
+    id: str = Field(description="Incident node or chunk id.")
+    kind: Literal["node", "chunk"]
+    title: str = Field(description="Incident name, or the chunk's document and heading.")
+    source: str | None = Field(default=None, description="Document the item comes from.")
+    score: float
+
+
+class KnowledgeUse(BaseModel):
+    """What a workflow was grounded in."""
+
+    status: Literal["matched", "none matched", "no knowledge base"] = Field(
+        description="matched: knowledge was shown to the expert; none matched: nothing in the base was relevant "
+                    "enough, and the workflow is the model's own; no knowledge base: the expert has none.")
+    scope: Literal["unscoped", "scoped", "whole base"] = Field(
+        default="unscoped", description="scoped: retrieved within the expert's knowledge scope; whole base: the "
+                                        "scope held nothing relevant, so the whole base was searched.")
+    items: list[KnowledgeItem] = Field(default_factory=list, description="Knowledge shown to the expert.")
+    best_score: float | None = Field(default=None, description="Relevance of the best item considered.")
+    version: str | None = Field(default=None, description="Knowledge-base version used.")
+
+
+class PlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ticket: str = Field(min_length=1)
+    n: int = Field(ge=1, le=16, description="Candidates to write (best-of-N).")
+    seed: int | None = None
+    exclude_sources: list[str] = Field(default_factory=list, description="Documents retrieval must not return "
+                                                                         "(held-out evaluation).")
+
+
+class PlanCandidate(BaseModel):
+    workflow: Workflow
+    decoding: Literal["greedy", "sampled"]
+    tokens: int = Field(description="Tokens generated.")
+    closed_early: bool = False
+    raw: str = Field(description="The text the model wrote (the workflow's line form).")
+
+
+class PlanTimings(BaseModel):
+    retrieval_ms: float
+    generation_ms: float
+    batch_size: int = 1
+
+
+class ScoringContext(BaseModel):
+    """The knowledge the Scorer judges a candidate against (the best retrieved incident)."""
+
+    text: str = Field(default="", description="Incident, meaning and reference workflow, as the judge reads them.")
+    reference_steps: list[str] = Field(default_factory=list, description="The reference workflow's step texts.")
+
+
+class PlanResponse(BaseModel):
+    candidates: list[PlanCandidate]
+    dropped: int = Field(description="Samples that could not become a workflow (the budget ran out inside the "
+                                     "first step).")
+    knowledge: KnowledgeUse
+    scoring: ScoringContext = Field(default_factory=ScoringContext)
+    timings: PlanTimings
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ticket: str = Field(min_length=1)
+    workflow: Workflow
+    context: ScoringContext = Field(default_factory=ScoringContext, description="What the Planner was given.")
+
+
+class ScoreResponse(BaseModel):
+    scores: Scores
+    compute_ms: float = Field(description="Wall time of the batch this request ran in.")
+    batch_size: int
 
 
 class TicketResult(BaseModel):
@@ -83,10 +185,12 @@ class TicketResult(BaseModel):
     best_index: int = Field(description="Index of the best candidate in `candidates`.")
     candidates: list[Candidate]
     retrieved_examples: list[dict] = Field(description="Labeled examples the classifier retrieved.")
-    context_ids: list[str] = Field(description="Knowledge chunks and incident nodes given to the Planner.")
+    knowledge: KnowledgeUse = Field(description="What the workflow was grounded in.")
+    context_ids: list[str] = Field(description="Ids of knowledge.items (knowledge given to the Planner).")
     knowledge_version: str | None = Field(default=None, description="Knowledge-base version used.")
     timings_ms: dict[str, float]
-    dropped_candidates: int = Field(default=0, description="Candidates whose text could not become a workflow.")
+    n_requested: int = Field(default=1, description="Candidates asked for (best-of-N).")
+    dropped_candidates: int = Field(default=0, description="Samples that could not become a workflow.")
     shared: str | None = Field(default=None, description="null when computed for this ticket; 'coalesced' when it "
                                                      "joined an identical ticket in flight; 'cache' when a finished "
                                                      "result was reused (see shared_from).")

@@ -74,8 +74,9 @@ def build_app(cfg: FlowRouterConfig, knowledge_dir: str | None = None) -> Applic
     for e in cfg.experts:
         spec, planner = e.model_dump(mode="json"), cfg.planner.model_dump(mode="json")
         opts = model_deployment_options(e, planner_deployment_name(e.name))
+        relevance = cfg.knowledge.min_relevance
         planners[e.name] = _versioned(PlannerDeployment, opts, deployment_version(
-            PlannerDeployment, spec, planner, knowledge_dir)).bind(spec, planner, knowledge_dir)
+            PlannerDeployment, spec, planner, knowledge_dir, relevance)).bind(spec, planner, knowledge_dir, relevance)
     scorer_cfg = cfg.scorer.model_dump(mode="json")
     scorer = _versioned(ScorerDeployment, model_deployment_options(cfg.scorer.model, "scorer"),
                         deployment_version(ScorerDeployment, scorer_cfg)).bind(scorer_cfg)

@@ -8,6 +8,7 @@ import time
 from ray import serve
 
 from core.config import FlowRouterConfig
+from core.schemas import ClassifyRequest, ClassifyResponse
 from core.embeddings import shared_embedder
 from experts.engines.registry import build_engine
 from router.classifier import TaskClassifier
@@ -24,13 +25,14 @@ class ClassifierDeployment:
         self.classify.set_max_batch_size(c.model.max_batch_size)
         self.classify.set_batch_wait_timeout_s(c.model.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def classify(self, texts: list[str]) -> list[dict]:
+    @serve.batch
+    async def classify(self, requests: list[ClassifyRequest]) -> list[ClassifyResponse]:
+        texts = [ClassifyRequest.model_validate(r).text for r in requests]
         # Model work runs off the event loop so health checks and queueing stay responsive.
         t0 = time.perf_counter()
         results = await asyncio.to_thread(self.classifier.classify, texts)
         compute_ms = (time.perf_counter() - t0) * 1000  # the batch's wall time: what each caller waited
-        return [r.model_dump() | {"compute_ms": compute_ms, "batch_size": len(texts)} for r in results]
+        return [ClassifyResponse(classification=r, compute_ms=compute_ms, batch_size=len(texts)) for r in results]
 
     def tasks(self) -> list[str]:
         return list(self.classifier.names)

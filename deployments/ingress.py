@@ -23,9 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from core.config import FlowRouterConfig
-from core.schemas import Candidate, Classification, Scores, Ticket, TicketResult, WorkflowOut
+from core.schemas import (
+    Candidate, ClassifyRequest, ClassifyResponse, PlanRequest, PlanResponse, ScoreRequest, ScoreResponse, Ticket,
+    TicketResult, WorkflowOut,
+)
 from core.task_map import MapError, TaskMap
-from core.workflow import Workflow
 from deployments import auth, console
 from deployments.admission import Overloaded
 from deployments.flood import AlreadySubmitted, Deferred, FloodGate
@@ -73,10 +75,6 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(default=None, description="Accepted for compatibility; ignored.")
     max_tokens: int | None = Field(default=None, description="Accepted for compatibility; ignored.")
     stream: bool = Field(default=False, description="Streaming is not supported.")
-
-
-def _out(wf: Workflow) -> WorkflowOut:
-    return WorkflowOut(mermaid=wf.to_mermaid(), steps=wf.steps, edges=wf.edges)
 
 
 class Feedback(BaseModel):
@@ -177,36 +175,33 @@ class Ingress:
         text = ticket.text()
         self.precheck(ticket, expert)
         task_map = task_map or await self.current_map()  # the whole request uses this snapshot
+        n = n or self.cfg.planner.candidates
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        cls_raw = await self.classifier.classify.remote(text)
-        cls = Classification.model_validate(cls_raw)
+        cls_out: ClassifyResponse = await self.classifier.classify.remote(ClassifyRequest(text=text))
+        cls = cls_out.classification
         t1 = time.perf_counter()
         timings["classify"] = (t1 - t0) * 1000
         chosen = expert or self.router.route(cls.task, task_map)
-        plan = await self.planners[chosen].plan.remote({"ticket": text, "n": n or self.cfg.planner.candidates})
+        plan: PlanResponse = await self.planners[chosen].plan.remote(PlanRequest(ticket=text, n=n))
         t2 = time.perf_counter()
         timings["plan"] = (t2 - t1) * 1000
-        timings["retrieve"] = plan["timings_ms"]["retrieval"]
-        if not plan["candidates"]:
+        timings["retrieve"] = plan.timings.retrieval_ms
+        if not plan.candidates:
             raise TicketFailed(503, f"expert {chosen} produced no usable workflow "
-                                    f"({plan['dropped']} candidates unparseable)")
-        score_calls = [self.scorer.score.remote({"ticket": text, "workflow": c["workflow"]})
-                       for c in plan["candidates"]]
-        scores_raw = await asyncio.gather(*score_calls)
-        scores = [Scores.model_validate(s) for s in scores_raw]
-        t3 = time.perf_counter()
-        timings["score"] = (t3 - t2) * 1000
+                                    f"({plan.dropped} samples ran out of tokens inside their first step)")
+        # Candidates fan out over the Scorer replicas.
+        scored: list[ScoreResponse] = await asyncio.gather(*[
+            self.scorer.score.remote(ScoreRequest(ticket=text, workflow=c.workflow, context=plan.scoring))
+            for c in plan.candidates])
+        timings["score"] = (time.perf_counter() - t2) * 1000
         # Model compute on the critical path (the rest of `total` is serving overhead and queueing).
-        timings["compute"] = (cls_raw.get("compute_ms", 0.0) + plan["timings_ms"]["retrieval"]
-                              + plan["timings_ms"]["generation"]
-                              + max((s.get("compute_ms", 0.0) for s in scores_raw), default=0.0))
-        candidates = []
-        for i, (c, s) in enumerate(zip(plan["candidates"], scores)):
-            wf = Workflow.model_validate(c["workflow"])
-            candidates.append(Candidate(index=i, workflow=_out(wf), scores=s, raw_tokens=c["tokens"],
-                                        origin=c["origin"]))
-        best = candidates[best_index(scores)]
+        timings["compute"] = (cls_out.compute_ms + plan.timings.retrieval_ms + plan.timings.generation_ms
+                              + max((s.compute_ms for s in scored), default=0.0))
+        candidates = [Candidate(index=i, workflow=WorkflowOut.of(c.workflow), scores=s.scores, raw_tokens=c.tokens,
+                                decoding=c.decoding, closed_early=c.closed_early)
+                      for i, (c, s) in enumerate(zip(plan.candidates, scored))]
+        best = candidates[best_index([c.scores for c in candidates])]
         timings["total"] = (time.perf_counter() - t0) * 1000
         return TicketResult(
             ticket_id=ticket.id,
@@ -219,10 +214,12 @@ class Ingress:
             best_index=best.index,
             candidates=candidates,
             retrieved_examples=cls.examples,
-            context_ids=plan["context_ids"],
-            knowledge_version=plan.get("knowledge_version"),
+            knowledge=plan.knowledge,
+            context_ids=[i.id for i in plan.knowledge.items],
+            knowledge_version=plan.knowledge.version,
             timings_ms={k: round(v, 1) for k, v in timings.items()},
-            dropped_candidates=plan["dropped"],
+            n_requested=n,
+            dropped_candidates=plan.dropped,
         )
 
     def precheck(self, ticket: Ticket, expert: str | None) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ray import serve
 
-from core.config import FlowRouterConfig, ModelSpec, PlannerConfig
+from core.config import ModelSpec, PlannerConfig
+from core.schemas import PlanRequest, PlanResponse, PlanTimings
 from experts.engines.registry import build_engine
 from experts.planner import Planner
 
@@ -26,46 +27,33 @@ def open_knowledge(directory: str | None):
 
 @serve.deployment
 class PlannerDeployment:
-    def __init__(self, spec: dict, planner: dict, knowledge_dir: str | None):
+    def __init__(self, spec: dict, planner: dict, knowledge_dir: str | None, min_relevance: float = 0.0):
         self.spec = ModelSpec.model_validate(spec)
         self.kb = open_knowledge(knowledge_dir)
-        self.planner = Planner(self.spec, build_engine(self.spec), PlannerConfig.model_validate(planner), self.kb)
+        self.planner = Planner(self.spec, build_engine(self.spec), PlannerConfig.model_validate(planner), self.kb,
+                               min_relevance=min_relevance)
+        # The first ticket must not pay for compiling the workflow grammar (seconds on a large vocabulary).
+        grammars = getattr(self.planner.engine, "grammars", None)
+        if grammars is not None:
+            grammars.compile(self.planner.grammar)
         self.plan.set_max_batch_size(self.spec.max_batch_size)
         self.plan.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def plan(self, requests: list[dict]) -> list[dict]:
-        return await asyncio.to_thread(self._plan, requests)
+    @serve.batch
+    async def plan(self, requests: list[PlanRequest]) -> list[PlanResponse]:
+        return await asyncio.to_thread(self._plan, [PlanRequest.model_validate(r) for r in requests])
 
-    def _plan(self, requests: list[dict]) -> list[dict]:
+    def _plan(self, requests: list[PlanRequest]) -> list[PlanResponse]:
         if self.kb is not None and self.kb.reload_if_changed():
             log.info("knowledge base now at version %s", self.kb.version)
-        out: list[dict | None] = [None] * len(requests)
-        # One generate call per distinct N (a batch may mix best-of-1 and best-of-4 requests).
-        by_n: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            by_n.setdefault((r.get("n"), r.get("seed")), []).append(i)
-        for (n, seed), idx in by_n.items():
-            t0 = time.perf_counter()
-            tickets = [requests[i]["ticket"] for i in idx]
-            contexts = [self.planner.context_for(t) for t in tickets]
-            t1 = time.perf_counter()
-            plans = self.planner.plan(tickets, n=n, seed=seed, contexts=contexts)
-            t2 = time.perf_counter()
-            for i, p in zip(idx, plans):
-                out[i] = {
-                    "candidates": [
-                        {"workflow": c.workflow.model_dump(mode="json"), "origin": c.origin, "tokens": c.tokens,
-                         "raw": c.raw}
-                        for c in p.candidates
-                    ],
-                    "dropped": p.dropped,
-                    "context_ids": p.context_ids,
-                    "knowledge_version": getattr(self.kb, "version", None),
-                    "timings_ms": {"retrieval": (t1 - t0) * 1000, "generation": (t2 - t1) * 1000,
-                                   "batch_size": len(idx)},
-                }
-        return out  # type: ignore[return-value]
+        t0 = time.perf_counter()
+        contexts = [self.planner.context_for(r.ticket, tuple(r.exclude_sources)) for r in requests]
+        t1 = time.perf_counter()
+        plans = self.planner.plan(requests, contexts=contexts)
+        timings = PlanTimings(retrieval_ms=(t1 - t0) * 1000, generation_ms=(time.perf_counter() - t1) * 1000,
+                              batch_size=len(requests))
+        return [PlanResponse(candidates=p.candidates, dropped=p.dropped, knowledge=p.knowledge,
+                             scoring=p.scoring, timings=timings) for p in plans]
 
     def info(self) -> dict:
         return {"expert": self.spec.name, "fingerprint": self.spec.fingerprint(),

@@ -8,7 +8,7 @@ import time
 from ray import serve
 
 from core.config import ScorerConfig
-from core.workflow import Workflow
+from core.schemas import ScoreRequest, ScoreResponse
 from experts.engines.registry import build_engine
 from experts.scorer import Scorer
 
@@ -17,14 +17,14 @@ from experts.scorer import Scorer
 class ScorerDeployment:
     def __init__(self, config: dict):
         cfg = ScorerConfig.model_validate(config)
-        self.scorer = Scorer(build_engine(cfg.model), cfg.dimensions)
+        self.scorer = Scorer(build_engine(cfg.model), cfg.dimensions, cfg.structure_weight, cfg.grounding_weight)
         self.score.set_max_batch_size(cfg.model.max_batch_size)
         self.score.set_batch_wait_timeout_s(cfg.model.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def score(self, items: list[dict]) -> list[dict]:
-        pairs = [(it["ticket"], Workflow.model_validate(it["workflow"])) for it in items]
+    @serve.batch
+    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResponse]:
+        requests = [ScoreRequest.model_validate(r) for r in requests]
         t0 = time.perf_counter()
-        scores = await asyncio.to_thread(self.scorer.score, pairs)
+        scores = await asyncio.to_thread(self.scorer.score, [(r.ticket, r.workflow, r.context) for r in requests])
         compute_ms = (time.perf_counter() - t0) * 1000  # the batch's wall time: what each caller waited
-        return [s.model_dump() | {"compute_ms": compute_ms, "batch_size": len(items)} for s in scores]
+        return [ScoreResponse(scores=s, compute_ms=compute_ms, batch_size=len(requests)) for s in scores]

@@ -1,115 +1,141 @@
 """Stage 3: a Planner expert writes N candidate workflows for a ticket, grounded in retrieved knowledge.
 
-Small models do not write Mermaid; they are asked for a numbered step list (one worked example,
-retrieved diagnosis/mitigation steps), which the parser turns into a typed flowchart. Samples that
-do not yield at least two usable steps are dropped; if every sample fails, the top retrieved
-incident's own steps are offered as a candidate (marked as such) rather than nothing.
+The model writes the workflow's line form under the workflow grammar (`core.workflow.grammar`),
+so every candidate is a valid workflow: typed steps, decisions with both branches, observe before
+change. Of the N candidates the first is the greedy decode and the others are sampled, all in one
+batch from one prefill. A candidate the token budget cut off is closed by the grammar's automaton
+(its unfinished step dropped); only a budget that runs out inside the first step loses a sample.
+
+Knowledge comes from the expert's scope, or the whole base when the scope holds nothing relevant;
+below the calibrated relevance nothing is shown and the answer says "none matched".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from core.config import ModelSpec, PlannerConfig
-from core.workflow import Workflow, WorkflowError, parse_step_list, workflow_from_steps
-from experts.engines.base import Engine, SamplingParams
-from experts.prompts import format_context, planner_user_message
-
-ASSISTANT_PREFIX = "1."
-STOP = ("\nTicket:", "\n\n\n", "\nWorkflow:", "\nReference knowledge:")
+from core.schemas import KnowledgeItem, KnowledgeUse, PlanCandidate, PlanRequest, ScoringContext
+from core.workflow import GrammarSpec, WorkflowError, gbnf, read_workflow
+from experts.engines.base import Engine, Generation, SamplingParams
+from experts.knowledge.lexical import terms
+from experts.prompts import format_context, node_workflow, planner_user_message, scorer_context
 
 
 class Retriever(Protocol):
-    def retrieve(self, query: str, scope: list[str] | None = None, k_chunks: int = 3, k_nodes: int = 2) -> Any: ...
+    def retrieve(self, query: str, scope: list[str] | None = None, k_chunks: int = 3, k_nodes: int = 2,
+                 min_relevance: float = 0.0, exclude_sources: tuple[str, ...] = ()): ...
 
 
-@dataclass
-class PlanCandidate:
-    workflow: Workflow
-    origin: str  # "model" or "knowledge-base"
-    raw: str
-    tokens: int = 0
-
-
-@dataclass
 class Plan:
-    candidates: list[PlanCandidate]
-    dropped: int
-    context_ids: list[str] = field(default_factory=list)
-    prompt_tokens: int = 0
+    """One ticket's candidates and the knowledge they were written from."""
+
+    def __init__(self, candidates: list[PlanCandidate], dropped: int, knowledge: KnowledgeUse,
+                 scoring: ScoringContext):
+        self.candidates = candidates
+        self.dropped = dropped
+        self.knowledge = knowledge
+        self.scoring = scoring
+
+    @property
+    def context_ids(self) -> list[str]:
+        return [i.id for i in self.knowledge.items]
+
+
+def knowledge_use(context, has_base: bool) -> KnowledgeUse:
+    """The answer's account of what a retrieved context gave the Planner."""
+    if context is None or not has_base:
+        return KnowledgeUse(status="no knowledge base")
+    items = [KnowledgeItem(id=n.id, kind="node", title=n.incident, source=(n.docs or [None])[0], score=n.score)
+             for n in context.nodes]
+    items += [KnowledgeItem(id=c.id, kind="chunk", title=" / ".join([c.source, *c.heading_path[-1:]]),
+                            source=c.source, score=c.score) for c in context.chunks]
+    return KnowledgeUse(status="matched" if context.matched and items else "none matched", scope=context.scope,
+                        items=items, best_score=context.best_score, version=context.version)
+
+
+def step_sources(text: str, context) -> dict[int, str]:
+    """Line number -> the shown knowledge item a written step comes from (most shared terms, at least half
+    of the step's), so the answer shows where each step was grounded."""
+    if context is None:
+        return {}
+    known: list[tuple[str, set[str]]] = []
+    for node in context.nodes:
+        wf = node_workflow(node)
+        for step in (wf.action_steps() if wf is not None else [*node.diagnosis_steps, *node.mitigation_steps]):
+            known.append((node.id, set(terms(step))))
+    for chunk in context.chunks:
+        known.append((chunk.id, set(terms(chunk.text))))
+    out = {}
+    for i, line in enumerate(text.split("\n"), 1):
+        words = set(terms(line.split(". ", 1)[-1]))
+        if not words:
+            continue
+        best = max(known, key=lambda k: len(words & k[1]), default=None)
+        if best is not None and len(words & best[1]) >= max(2, len(words) / 2):
+            out[i] = best[0]
+    return out
 
 
 class Planner:
-    def __init__(self, spec: ModelSpec, engine: Engine, cfg: PlannerConfig, retriever: Retriever | None = None):
+    def __init__(self, spec: ModelSpec, engine: Engine, cfg: PlannerConfig, retriever: Retriever | None = None,
+                 min_relevance: float = 0.0):
         self.spec = spec
         self.engine = engine
         self.cfg = cfg
         self.retriever = retriever
+        self.min_relevance = min_relevance
+        self.grammar_spec = GrammarSpec(max_steps=cfg.max_steps, require_decision=cfg.require_decision)
+        self.grammar = gbnf(self.grammar_spec)
 
-    def context_for(self, ticket: str):
+    # ---- knowledge --------------------------------------------------------------------------
+    def context_for(self, ticket: str, exclude_sources: tuple[str, ...] = ()):
         if self.retriever is None or (self.cfg.context_chunks == 0 and self.cfg.context_nodes == 0):
             return None
         return self.retriever.retrieve(ticket, scope=self.spec.knowledge_scope or None,
-                                       k_chunks=self.cfg.context_chunks, k_nodes=self.cfg.context_nodes)
+                                       k_chunks=self.cfg.context_chunks, k_nodes=self.cfg.context_nodes,
+                                       min_relevance=self.min_relevance, exclude_sources=exclude_sources)
 
     def prompt(self, ticket: str, context) -> str:
-        user = planner_user_message(ticket, format_context(context))
-        return self.engine.format_prompt(self.spec.system_prompt, user, assistant_prefix=ASSISTANT_PREFIX)
+        user = planner_user_message(ticket, format_context(context) if context is not None and context.matched
+                                    else "")
+        return self.engine.format_prompt(self.spec.system_prompt, user)
 
-    def plan(self, tickets: list[str], n: int | None = None, seed: int | None = None,
-             contexts: list | None = None) -> list[Plan]:
-        """N candidates per ticket, one batched generate call for all tickets."""
-        n = n or self.cfg.candidates
+    def sampling(self, n: int, seed: int | None) -> SamplingParams:
+        temperature = self.spec.temperature if self.spec.temperature is not None else self.cfg.temperature
+        return SamplingParams(n=n, max_new_tokens=self.cfg.max_new_tokens, temperature=temperature if n > 1 else 0.0,
+                              top_p=self.cfg.top_p, repetition_penalty=self.cfg.repetition_penalty, seed=seed,
+                              grammar=self.grammar, greedy_first=n > 1, line_chars=self.cfg.line_chars,
+                              frequency_penalty=self.cfg.frequency_penalty)
+
+    # ---- writing ------------------------------------------------------------------------------
+    def plan(self, requests: list[PlanRequest], contexts: list | None = None) -> list[Plan]:
+        """Candidates for every request; one generate call per distinct (n, seed)."""
         if contexts is None:
-            contexts = [self.context_for(t) for t in tickets]
-        prompts = [self.prompt(t, c) for t, c in zip(tickets, contexts)]
-        params = SamplingParams(
-            n=n,
-            max_new_tokens=self.cfg.max_new_tokens,
-            temperature=(self.spec.temperature if self.spec.temperature is not None else self.cfg.temperature)
-            if n > 1 else 0.0,
-            top_p=self.cfg.top_p,
-            repetition_penalty=self.cfg.repetition_penalty,
-            stop=STOP,
-            seed=seed,
-        )
-        generations = self.engine.generate(prompts, params)
-        plans = []
-        for ctx, gen in zip(contexts, generations):
-            cands, dropped = [], 0
-            for text, toks in zip(gen.texts, gen.tokens or [0] * len(gen.texts)):
-                wf = self.parse(ASSISTANT_PREFIX + text, truncated=toks >= params.max_new_tokens)
-                if wf is None:
-                    dropped += 1
-                else:
-                    cands.append(PlanCandidate(wf, "model", text, toks))
-            if not cands:
-                fallback = self.knowledge_candidate(ctx)
-                if fallback is not None:
-                    cands.append(fallback)
-            plans.append(Plan(cands, dropped, context_ids=ctx.ids() if ctx is not None else []))
-        return plans
+            contexts = [self.context_for(r.ticket, tuple(r.exclude_sources)) for r in requests]
+        plans: list[Plan | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.n, r.seed), []).append(i)
+        for (n, seed), idx in groups.items():
+            prompts = [self.prompt(requests[i].ticket, contexts[i]) for i in idx]
+            for i, gen in zip(idx, self.engine.generate(prompts, self.sampling(n, seed))):
+                plans[i] = self._plan_of(gen, contexts[i])
+        return plans  # type: ignore[return-value]
 
-    def parse(self, text: str, truncated: bool = False) -> Workflow | None:
-        steps = parse_step_list(text, max_steps=self.cfg.max_steps, truncated=truncated)
-        if len(steps) < 2:
-            return None
-        try:
-            return workflow_from_steps(steps)
-        except WorkflowError:
-            return None
-
-    def knowledge_candidate(self, context) -> PlanCandidate | None:
-        nodes = getattr(context, "nodes", None) or []
-        if not nodes:
-            return None
-        node = nodes[0]
-        steps = list(node.diagnosis_steps or []) + list(node.mitigation_steps or [])
-        steps = steps[: self.cfg.max_steps]
-        if len(steps) < 2:
-            return None
-        try:
-            return PlanCandidate(workflow_from_steps(steps), "knowledge-base", "\n".join(steps))
-        except WorkflowError:
-            return None
+    def _plan_of(self, gen: Generation, context) -> Plan:
+        knowledge = knowledge_use(context, self.retriever is not None)
+        shown = context if knowledge.status == "matched" else None
+        candidates, dropped = [], 0
+        finished = gen.finished or [True] * len(gen.texts)
+        tokens = gen.tokens or [0] * len(gen.texts)
+        for k, (text, toks, done) in enumerate(zip(gen.texts, tokens, finished)):
+            try:
+                wf = read_workflow(text, done, self.grammar_spec, step_sources(text, shown))
+            except WorkflowError:
+                dropped += 1
+                continue
+            decoding = "greedy" if k == 0 else "sampled"
+            candidates.append(PlanCandidate(workflow=wf, decoding=decoding, tokens=toks, closed_early=not done,
+                                            raw=text))
+        return Plan(candidates, dropped, knowledge, scorer_context(shown) if shown is not None else ScoringContext())

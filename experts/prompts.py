@@ -1,71 +1,106 @@
-"""Prompt text for the Planner and the Scorer, kept in one place so experiments change one file."""
+"""Prompt text for the Planner and the Scorer, kept in one place so experiments change one file.
+
+Knowledge is shown in the same line form the Planner writes (`core.workflow.lines`): small models
+continue a list by copying the closest list they have seen, so a reference workflow shown with
+its decisions and branches is copied with them. Items are listed best last, right before the
+ticket. Nothing is cut mid-sentence: texts are shown whole or as whole sentences.
+"""
 
 from __future__ import annotations
 
+from core.schemas import ScoringContext
+from core.workflow import Workflow, WorkflowError, render_lines
+from experts.knowledge.markdown import whole_sentences
+
 PLANNER_INSTRUCTION = (
-    "Write the troubleshooting workflow for the ticket as a numbered list of 4 to 8 short steps. "
-    "Each step is one line that starts with a verb. Write checks as yes/no questions ending with '?'. "
-    "Use the reference steps that fit the ticket, adapted to its details."
+    "Write the troubleshooting workflow for the ticket as a numbered list of 4 to 8 short steps. Each step is "
+    "one line that starts with a verb. Write checks as yes/no questions ending with '?'. Use the reference steps "
+    "that fit the ticket, adapted to its details. After a question, name the steps its yes and no answers lead to."
 )
+NO_KNOWLEDGE_NOTE = "No runbook matched this ticket; the example shows the form only (it is another incident)."
+
+# Shown only when no knowledge matched: the form to imitate then comes from here.
+PLANNER_EXAMPLE = """Incident: Checkout API returns HTTP 502 after a release
+Workflow:
+1. Check the 5xx rate and latency of the checkout service on the dashboard
+2. Did the errors start with the latest release? yes 4, no 3
+3. [end] Escalate to the checkout team with the dashboard and pod logs
+4. [change] Roll back the checkout service to the previous release
+5. Confirm the 5xx rate is back under the SLO
+6. [end] Resolved: close the ticket"""
 
 SCORER_SYSTEM = "You are a strict reviewer of incident troubleshooting workflows. You answer with one digit."
 
 SCORER_DIMENSIONS = {
-    "relevance": "Relevance: do the steps address this specific ticket rather than a generic problem?",
+    "relevance": "Relevance: does the workflow address this ticket and agree with the reference knowledge?",
     "coverage": "Coverage: does the workflow cover both diagnosis and mitigation, without missing key checks?",
     "accuracy": "Accuracy: are the steps technically correct and safe for this kind of incident?",
     "coherence": "Coherence: are the steps in a logical order, with sensible yes/no branches?",
     "conciseness": "Conciseness: is every step short, concrete and free of repetition or filler?",
 }
 
+TICKET_CHARS = 1200
+EXCERPT_CHARS = 400
+MEANING_CHARS = 240
 
-def format_context(context, max_steps: int = 10) -> str:
-    """Retrieved knowledge as prompt text: excerpts first, then incident nodes, best match last.
 
-    Reference steps are numbered exactly like the answer, because small models continue a
-    numbered list by copying the closest numbered list they have seen (induction); the best
-    match therefore sits right before the ticket.
-    """
+def node_workflow(node) -> Workflow | None:
+    """The node's reference workflow, when it has a valid one."""
+    steps = getattr(node, "workflow", None)
+    if not steps:
+        return None
+    try:
+        return Workflow(steps=steps).validate_graph()
+    except (WorkflowError, ValueError):
+        return None
+
+
+def format_context(context) -> str:
+    """Retrieved knowledge as prompt text: excerpts first, then incident nodes, best match last."""
     if context is None:
         return ""
     parts = []
     for chunk in reversed(getattr(context, "chunks", []) or []):
-        parts.append(f"Excerpt from {chunk.source}:\n{_clip(chunk.text, 400)}")
+        parts.append(f"Excerpt from {chunk.source}: {whole_sentences(' '.join(chunk.text.split()), EXCERPT_CHARS)}")
     for node in reversed(getattr(context, "nodes", []) or []):
         lines = [f"Incident: {node.incident}"]
         if node.failure_description:
-            lines.append(f"Meaning: {_clip(node.failure_description, 240)}")
-        steps = list(node.diagnosis_steps or []) + list(node.mitigation_steps or [])
-        if steps:
-            lines.append("Steps:\n" + "\n".join(f"{i}. {_clip(s, 160)}" for i, s in enumerate(steps[:max_steps], 1)))
+            lines.append(f"Meaning: {whole_sentences(node.failure_description, MEANING_CHARS)}")
+        wf = node_workflow(node)
+        if wf is not None:
+            lines.append("Workflow:\n" + render_lines(wf))
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
-
-
-# Shown only when no knowledge was retrieved: the numbered form to imitate then comes from here.
-PLANNER_EXAMPLE = """Ticket: Checkout API returns HTTP 502 for most users since the 14:05 release
-Workflow:
-1. Check the 5xx rate and latency of the checkout service on the dashboard
-2. Did the errors start with the 14:05 release?
-3. Roll back the checkout service to the previous release
-4. Inspect the checkout pod logs for upstream connection errors
-5. Confirm the 5xx rate is back under the SLO threshold"""
 
 
 def planner_user_message(ticket: str, context_text: str) -> str:
     if context_text:
         guide = f"Reference knowledge:\n{context_text}\n\n"
     else:
-        guide = f"Example:\n{PLANNER_EXAMPLE}\n\n"
-    return f"{PLANNER_INSTRUCTION}\n\n{guide}Ticket: {_clip(ticket, 1200)}\nWorkflow:"
+        guide = f"{NO_KNOWLEDGE_NOTE}\nExample:\n{PLANNER_EXAMPLE}\n\n"
+    return f"{PLANNER_INSTRUCTION}\n\n{guide}Ticket: {whole_sentences(ticket, TICKET_CHARS)}\nWorkflow:"
 
 
-def scorer_user_message(ticket: str, workflow_text: str, dimension: str) -> str:
-    # The dimension comes last so the five prompts about one workflow share their prefix.
-    return (f"Ticket: {_clip(ticket, 1200)}\n\nProposed workflow:\n{workflow_text}\n\n"
+def scorer_context(context) -> ScoringContext:
+    """What the Scorer judges relevance against: the best incident's meaning and reference workflow."""
+    nodes = getattr(context, "nodes", None) or []
+    if not nodes:
+        return ScoringContext()
+    node = nodes[0]
+    lines = [f"Incident: {node.incident}"]
+    if node.failure_description:
+        lines.append(f"Meaning: {whole_sentences(node.failure_description, MEANING_CHARS)}")
+    wf = node_workflow(node)
+    if wf is not None:
+        lines.append("Reference workflow:\n" + render_lines(wf))
+    steps = wf.action_steps() if wf is not None else [*node.diagnosis_steps, *node.mitigation_steps]
+    return ScoringContext(text="\n".join(lines), reference_steps=steps)
+
+
+def scorer_user_message(ticket: str, workflow_text: str, dimension: str, context_text: str = "") -> str:
+    # Knowledge and ticket first, the dimension last: the five prompts about one workflow share their
+    # prefix, and so do the N candidates of one ticket up to the workflow.
+    knowledge = f"Reference knowledge:\n{context_text}\n\n" if context_text else \
+        "Reference knowledge: none matched this ticket.\n\n"
+    return (f"{knowledge}Ticket: {whole_sentences(ticket, TICKET_CHARS)}\n\nProposed workflow:\n{workflow_text}\n\n"
             f"Rate the workflow from 1 (poor) to 5 (excellent).\n{SCORER_DIMENSIONS[dimension]}")
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"

@@ -10,6 +10,7 @@ and the actionable ones kept; a code fence is one step, joined to the sentence t
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -67,3 +68,33 @@ def load_runbook_cases(directory: str | Path, min_steps: int = 3) -> list[Workfl
         if case is not None and len(case.reference_steps) >= min_steps:
             cases.append(case)
     return cases
+
+
+SPLITS = ("dev", "test", "all")
+
+
+def split_cases(cases: list[WorkflowCase], part: str, seed: int = 0) -> list[WorkflowCase]:
+    """The dev or test half of `cases` (by a hash of each case id, so a case keeps its side), or all.
+
+    Settings are tuned on dev and reported on test: the held-out measurement is whether they generalise.
+    """
+    if part not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {part!r}")
+    if part == "all":
+        return list(cases)
+
+    def side(case: WorkflowCase) -> str:
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{case.id}".encode()).digest()[:8], "big") / 2**64
+        return "test" if h < 0.5 else "dev"
+
+    return [c for c in cases if side(c) == part]
+
+
+def paraphrase_query(case: WorkflowCase) -> str:
+    """The case's ticket without its alert name: only what the alert means, as a user would describe it."""
+    head, sep, meaning = case.query.partition(": ")
+    text = meaning if sep else case.query
+    name = case.id.rsplit("/", 1)[-1]
+    for form in (name, humanize(name)):
+        text = re.sub(re.escape(form), "this", text, flags=re.I)
+    return text.strip() or humanize(name)

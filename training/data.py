@@ -144,11 +144,18 @@ def reversed_context(context):
     all the facts are there, in the wrong order."""
     if context is None:
         return None
+    from core.workflow import WorkflowError, linear_workflow
+
     ctx = context.model_copy(deep=True)
     for node in ctx.nodes:
         steps = list(node.diagnosis_steps or []) + list(node.mitigation_steps or [])
         node.diagnosis_steps = steps[::-1]
         node.mitigation_steps = []
+        try:  # the reference workflow the Planner is shown: the same steps, backwards, no branches
+            node.workflow = [s.model_dump(mode="json", exclude_none=True)
+                             for s in linear_workflow(steps[::-1]).steps] if steps else []
+        except WorkflowError:
+            node.workflow = []
     for chunk in ctx.chunks:
         lines = [x for x in chunk.text.splitlines() if x.strip()]
         chunk.text = "\n".join(lines[::-1])
@@ -171,9 +178,5 @@ class ExcludingRetriever:
 
     def retrieve(self, query: str, source: str | None, k_chunks: int, k_nodes: int, hide: bool | None = None):
         hide = self.exclude_own_doc if hide is None else hide
-        if not hide or source is None:
-            return self.kb.retrieve(query, k_chunks=k_chunks, k_nodes=k_nodes)
-        ctx = self.kb.retrieve(query, k_chunks=k_chunks + 4 if k_chunks else 0, k_nodes=k_nodes + 2 if k_nodes else 0)
-        ctx.chunks = [c for c in ctx.chunks if c.source != source][:k_chunks]
-        ctx.nodes = [n for n in ctx.nodes if source not in n.sources][:k_nodes]
-        return ctx
+        exclude = (source,) if hide and source is not None else ()
+        return self.kb.retrieve(query, k_chunks=k_chunks, k_nodes=k_nodes, exclude_sources=exclude)

@@ -59,11 +59,12 @@ def holdout_quality(cfg: FlowRouterConfig, expert: ModelSpec, engine, scorer_eng
                     cases: list[WorkflowCase], candidates: int, exclude_own_doc: bool) -> dict:
     """STEPScore P/R/F1 of `engine` as `expert` on held-out cases (leaderboard.workflow_eval)."""
     from core.embeddings import shared_embedder
-    from leaderboard.workflow_eval import evaluate, in_process_solver
+    from leaderboard.workflow_eval import InProcessService
 
-    setting = "both" if knowledge_dir else "none"
-    engines = {expert.name: engine, "scorer:" + cfg.scorer.model.name: scorer_engine}
-    solve = in_process_solver(cfg, expert, knowledge_dir, setting, candidates, exclude_own_doc, engines)
+    setting = "service" if knowledge_dir else "none"
+    service = InProcessService(cfg.model_copy(update={"experts": [expert]}), knowledge_dir,
+                               engines={expert.name: engine, cfg.scorer.model.name: scorer_engine})
+    solve = service.solver(setting, candidates, route="expert", expert=expert.name, exclude_own_doc=exclude_own_doc)
     t0 = time.perf_counter()
     s = evaluate(cases, solve, setting, candidates, embedder=shared_embedder(), progress=False)
     return {"precision": s.precision, "recall": s.recall, "f1": s.f1, "cases": s.cases,
@@ -146,7 +147,7 @@ def run_job(job: TrainJob | dict, progress: Progress | None = None) -> dict:
         progress("loading models", 0, 1)
         planner_engine = _engine(expert, planner_adapter, tc.threads)
         scorer_engine = _engine(job.scorer, scorer_adapter, tc.threads)
-        scorer = Scorer(scorer_engine, cfg.scorer.dimensions)
+        scorer = Scorer(scorer_engine, cfg.scorer.dimensions, cfg.scorer.structure_weight, cfg.scorer.grounding_weight)
 
         # ---- iteration 0: what serves now ------------------------------------------------------
         held_queries = [TrainQuery(id=c.id, text=c.query, source=c.source)
@@ -207,7 +208,7 @@ def run_job(job: TrainJob | dict, progress: Progress | None = None) -> dict:
                 scorer_adapter = stage.adapter
                 scorer_engine.close()
                 scorer_engine = _engine(job.scorer, scorer_adapter, tc.threads)
-                scorer = Scorer(scorer_engine, cfg.scorer.dimensions)
+                scorer = Scorer(scorer_engine, cfg.scorer.dimensions, cfg.scorer.structure_weight, cfg.scorer.grounding_weight)
             else:
                 it["dpo"] = {"skipped": "no preference rows: the Scorer contradicted every pair and there is "
                                         "no feedback", "pairs": counts, "steps": 0}

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from core.training_config import ScorerDPOConfig
 from core.workflow import Workflow
+from core.schemas import PlanRequest
 from experts.prompts import SCORER_SYSTEM, scorer_user_message
+from experts.scorer import workflow_text
 from training.data import LEVEL_SCORE, LEVELS, PAIRS, FeedbackItem, reversed_context
 from training.lora import Progress, common_args, load_tokenizer, recorder, trainable_model
 from training.planner_rl import StageResult
@@ -56,11 +58,10 @@ def synthesize(planner, queries: list, retrieve, k_chunks: int, k_nodes: int, se
         if full is not None and not full.nodes and not full.chunks:
             full = None
         contexts = [full, reversed_context(full), None]
-        plans = planner.plan([q.text] * 3, n=1, seed=seed, contexts=contexts)
+        plans = planner.plan([PlanRequest(ticket=q.text, n=1, seed=seed)] * 3, contexts=contexts)
         wfs = {}
         for level, plan in zip(LEVELS, plans):
-            model_made = [c for c in plan.candidates if c.origin == "model"]
-            wfs[level] = model_made[0].workflow if model_made else None
+            wfs[level] = plan.candidates[0].workflow if plan.candidates else None
         if full is None:
             wfs["good"] = wfs["fair"] = None  # no knowledge to order: no good/fair level
         out.append(Triple(query=q.text, workflows=wfs, query_id=getattr(q, "id", "")))
@@ -105,7 +106,7 @@ def agreement(scores: list[dict[str, float]]) -> dict:
 
 
 def _prompt(engine, ticket: str, workflow: Workflow, dimension: str) -> str:
-    return engine.format_prompt(SCORER_SYSTEM, scorer_user_message(ticket, workflow.to_text(), dimension),
+    return engine.format_prompt(SCORER_SYSTEM, scorer_user_message(ticket, workflow_text(workflow), dimension),
                                 assistant_prefix="Score:")
 
 

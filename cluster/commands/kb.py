@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     i = sub.add_parser("info", help="version, counts and documents of a base")
     i.add_argument("--out", metavar="DIR", help="knowledge-base directory")
     i.add_argument("--config", metavar="FILE", help="FlowRouter config whose knowledge section names the base")
-    i.add_argument("--docs", action="store_true", help="list every document with its method and counts")
+    i.add_argument("--docs", action="store_true", help="list every document with its method, counts and tasks")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
 
@@ -40,7 +40,10 @@ def register(subparsers) -> None:
     q.add_argument("text", help="ticket or question")
     q.add_argument("--out", metavar="DIR", help="knowledge-base directory")
     q.add_argument("--config", metavar="FILE", help="FlowRouter config whose knowledge section names the base")
-    q.add_argument("--scope", action="append", metavar="TAG", help="only documents with this tag (repeatable)")
+    q.add_argument("--scope", action="append", metavar="TAG", help="only documents filed under this task or with "
+                                                                  "this tag (repeatable)")
+    q.add_argument("--min-relevance", type=float, default=None, help="relevance the best incident needs (default: "
+                                                                       "the config's knowledge.min_relevance)")
     q.add_argument("-k", "--chunks", type=int, default=3, help="chunks to return (default 3)")
     q.add_argument("-n", "--nodes", type=int, default=2, help="incident nodes to return (default 2)")
     q.add_argument("--json", action="store_true", help="print the RetrievedContext as JSON")
@@ -54,7 +57,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="use the small LLM for documents without runbook structure (loaded only if needed)")
     p.add_argument("--llm-model", default=DEFAULT_LLM, metavar="NAME",
                    help=f"embedded model name or weights folder for --llm (default {DEFAULT_LLM})")
-    p.add_argument("--config", metavar="FILE", help="FlowRouter config (knowledge.directory, chunk_chars)")
+    p.add_argument("--config", metavar="FILE", help="FlowRouter config (knowledge.directory, chunk_chars, and the "
+                                                   "task set documents are filed under; default configs/default.yaml)")
+    p.add_argument("--tasks", action=argparse.BooleanOptionalAction, default=True,
+                   help="file documents under the config's tasks (folder tags as hints, else its classifier), so "
+                        "experts' knowledge scopes reach them")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -71,15 +78,17 @@ def _errors():
     return CliError
 
 
-def _knowledge_cfg(path: str | None):
-    if not path:
-        return None
+def _config(path: str | None):
     from core.config import ConfigError, load_config
 
     try:
-        return load_config(path).knowledge
+        return load_config(path)
     except ConfigError as exc:
         raise _errors()(str(exc)) from exc
+
+
+def _knowledge_cfg(path: str | None):
+    return _config(path).knowledge if path else None
 
 
 def _check_dirs(dirs: list[str]) -> None:
@@ -140,9 +149,15 @@ def _run(args, mode: str) -> int:
     if mode == "sync" and chunk_chars is None:
         chunk_chars = 900
     llm = _llm(args)
+    assign = None
+    if args.tasks:
+        from router.doc_tasks import assigner_for
+
+        assign = assigner_for(_config(args.config))
     t = time.perf_counter()
     try:
-        report = run_build(args.docs, out, llm=llm, chunk_chars=chunk_chars, progress=not args.quiet, mode=mode)
+        report = run_build(args.docs, out, llm=llm, chunk_chars=chunk_chars, progress=not args.quiet, mode=mode,
+                           assign_tasks=assign)
     except KnowledgeError as exc:
         raise _errors()(str(exc)) from exc
     s = report.stats
@@ -156,6 +171,8 @@ def _run(args, mode: str) -> int:
                   f"removed {s.get('removed')}  new/changed nodes {s.get('new_or_changed_nodes')}")
             print(f"  methods {json.dumps(s.get('methods', {}))}"
                   + (f"  (LLM loaded: {llm.loaded})" if llm is not None else ""))
+        if s.get("tasks"):
+            print("  tasks " + ", ".join(f"{t or '(none)'} ({n})" for t, n in s["tasks"].items()))
     return 0
 
 
@@ -189,10 +206,20 @@ def cmd_info(args) -> int:
         for t in e.get("tags", []):
             tags[t] = tags.get(t, 0) + 1
     print("  tags " + ", ".join(f"{t} ({n})" for t, n in sorted(tags.items())))
+    if s.get("tasks"):
+        print("  tasks " + ", ".join(f"{t or '(none)'} ({n})" for t, n in s["tasks"].items()))
     print("  roots " + ", ".join(m.get("roots", [])))
+    if args.config:
+        from router.doc_tasks import scope_coverage
+
+        for name, n in scope_coverage(m, _config(args.config).experts).items():
+            print(f"  expert {name}: scope covers {n} document(s)" + ("  <- none: retrieval falls back to the "
+                                                                       "whole base" if n == 0 else ""))
     if args.docs:
         for src, e in sorted(m["docs"].items()):
-            print(f"    {src}  [{e['method']}] chunks {e['chunks']} raw nodes {e['raw_nodes']}")
+            tasks = ",".join(e.get("tasks", [])) or "-"
+            print(f"    {src}  [{e['method']}] chunks {e['chunks']} raw nodes {e['raw_nodes']}  tasks {tasks} "
+                  f"({e.get('tasks_by', 'none')})")
     return 0
 
 
@@ -210,22 +237,28 @@ def cmd_query(args) -> int:
         unknown = sorted(set(args.scope) - set(kb.tags()))
         if unknown:
             raise _errors()(f"unknown tag(s) {', '.join(unknown)}; known: {', '.join(kb.tags())}")
+    relevance = args.min_relevance
+    if relevance is None:
+        relevance = _config(args.config).knowledge.min_relevance
     kb.embedder.encode(["warm-up"])  # model load is not retrieval time
     t = time.perf_counter()
-    ctx = kb.retrieve(args.text, scope=args.scope, k_chunks=args.chunks, k_nodes=args.nodes)
+    ctx = kb.retrieve(args.text, scope=args.scope, k_chunks=args.chunks, k_nodes=args.nodes, min_relevance=relevance)
     ms = (time.perf_counter() - t) * 1000
     if args.json:
         print(ctx.model_dump_json(indent=1))
         return 0
-    print(f"{kb.version} ({ms:.0f} ms)")
+    status = "matched" if ctx.matched else f"none matched (best {ctx.best_score} < {relevance})"
+    print(f"{kb.version} ({ms:.0f} ms): {status}; scope {ctx.scope}")
+    from experts.prompts import node_workflow
+    from core.workflow import render_lines
+
     for n in ctx.nodes:
         print(f"\n[node {n.score:.3f}] {n.incident}  ({n.id}; tags {', '.join(n.tags)})")
         if n.failure_description:
             print(f"  {n.failure_description[:300]}")
-        for label, steps in (("diagnosis", n.diagnosis_steps), ("mitigation", n.mitigation_steps),
-                             ("typical case", n.typical_cases)):
-            for s in steps[:8]:
-                print(f"  - {label}: {s[:160]}")
+        wf = node_workflow(n)
+        if wf is not None:
+            print("  " + render_lines(wf).replace("\n", "\n  "))
         if n.related:
             print(f"  related: {', '.join(n.related)}")
         docs = [s for s in n.sources if not s.startswith("c-")]

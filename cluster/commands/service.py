@@ -203,4 +203,29 @@ def cmd_config_check(args) -> int:
         raise CliError(str(exc)) from None
     print(f"{cfg.source}: OK — {len(tasks)} tasks, {len(examples)} labeled examples, "
           f"{len(cfg.experts)} experts ({', '.join(e.name for e in cfg.experts)}), map {cfg.map}")
+    for line in _scope_report(cfg):
+        print(line)
     return 0
+
+
+def _scope_report(cfg) -> list[str]:
+    """One line per expert: how many knowledge documents its scope covers, warning where none."""
+    if not cfg.knowledge.docs or not any(e.knowledge_scope for e in cfg.experts):
+        return []
+    from experts.knowledge.documents import KnowledgeError, load_documents
+    from router.doc_tasks import assigner_for, scope_coverage
+
+    try:
+        docs = load_documents(cfg.knowledge.docs).documents
+    except KnowledgeError as exc:
+        return [f"WARNING knowledge: {exc}"]
+    filed = assigner_for(cfg)(docs)
+    manifest = {"docs": {d.source: {"tags": d.tags, **filed.get(d.source, {})} for d in docs}}
+    lines = []
+    for name, n in scope_coverage(manifest, cfg.experts).items():
+        if n == 0:
+            lines.append(f"WARNING expert {name}: its knowledge_scope covers none of the {len(docs)} documents; "
+                         "its retrieval will fall back to the whole base")
+        else:
+            lines.append(f"expert {name}: knowledge scope covers {n} of {len(docs)} documents")
+    return lines

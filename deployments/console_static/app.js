@@ -149,7 +149,7 @@
     const number = new Map(steps.map((s, i) => [s.id, i + 1]));
     const lines = [];
     for (const s of steps) {
-      const mark = s.kind === "decision" ? "?" : s.kind === "terminal" ? "■" : " ";
+      const mark = s.kind === "decision" ? "?" : s.kind === "terminal" ? "■" : s.action === "change" ? "!" : " ";
       lines.push(`${String(number.get(s.id)).padStart(2)}.${mark} ${s.text}`);
       if (s.kind === "decision") {
         for (const e of edges.filter((x) => x.source === s.id)) lines.push(`      ${e.label || "→"}: go to ${number.get(e.target)}`);
@@ -162,7 +162,9 @@
     list.replaceChildren();
     const number = new Map(steps.map((s, i) => [s.id, i + 1]));
     for (const s of steps) {
-      const li = el("li", {}, el("span", { class: "kind", text: s.kind }), s.text);
+      const change = s.kind === "process" && s.action === "change";
+      const li = el("li", change ? { class: "change" } : {},
+        el("span", { class: "kind", text: change ? "change" : s.kind }), s.text);
       if (s.kind === "decision") {
         for (const e of edges.filter((x) => x.source === s.id)) {
           li.appendChild(el("div", { class: "branch", text: `${e.label || "→"}: go to step ${number.get(e.target)}` }));
@@ -170,6 +172,14 @@
       }
       list.appendChild(li);
     }
+  }
+
+  function knowledgeText(r) {
+    const k = r.knowledge || {};
+    if (k.status && k.status !== "matched") return `${k.status}: the workflow is the model's own`;
+    const nodes = (k.items || []).filter((i) => i.kind === "node").map((i) => `${i.title} (${i.source || i.id})`);
+    const scope = k.scope && k.scope !== "unscoped" ? ` [${k.scope}]` : "";
+    return (nodes.length ? nodes.join(", ") : (r.context_ids || []).join(", ")) + scope;
   }
 
   // ---- ticket view -------------------------------------------------------------------------------
@@ -193,7 +203,7 @@
     const facts = [
       ["ticket id", r.ticket_id], ["task", r.task], ["confidence", fmt(r.confidence)],
       ["decision path", r.decision_path], ["expert", r.expert], ["map version", r.map_version],
-      ["knowledge", r.knowledge_version], ["shared", r.shared],
+      ["knowledge", knowledgeText(r)], ["knowledge version", r.knowledge_version], ["shared", r.shared],
       ["dropped candidates", r.dropped_candidates],
       ["timings (ms)", Object.entries(r.timings_ms || {}).map(([k, v]) => `${k} ${Math.round(v)}`).join(", ")],
     ];

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to decode. `n` samples per prompt; temperature 0 means greedy (then n must be 1)."""
+    """How to decode. `n` samples per prompt; temperature 0 means greedy (then n must be 1).
+
+    `grammar` (GBNF text, `core.workflow.grammar`) constrains every continuation to the grammar's
+    language: transformers through xgrammar, vLLM through its structured outputs. With
+    `greedy_first` the first of the n continuations is the greedy decode and the rest are sampled,
+    in the same batch. `line_chars` is a soft cap on characters per output line (transformers only;
+    past it the decoder prefers tokens that end the line). `frequency_penalty` is subtracted from a
+    token's logit once per time the continuation already used it (its own output, not the prompt).
+    """
 
     n: int = 1
     max_new_tokens: int = 128
@@ -17,6 +25,10 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    grammar: str | None = None
+    greedy_first: bool = False
+    line_chars: int | None = None
+    frequency_penalty: float = 0.0
 
     def __post_init__(self):
         if self.n < 1:
@@ -25,14 +37,27 @@ class SamplingParams:
             raise ValueError("n > 1 needs temperature > 0 (greedy samples would be identical)")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if self.grammar is not None and self.stop:
+            raise ValueError("a grammar decides where the text ends: stop strings do not combine with it")
+
+    def greedy_rows(self, prompts: int) -> set[int]:
+        """Rows (prompt-major, n per prompt) decoded greedily."""
+        if self.temperature <= 0:
+            return set(range(prompts * self.n))
+        return {i * self.n for i in range(prompts)} if self.greedy_first else set()
 
 
 @dataclass
 class Generation:
-    """One prompt's samples, with the number of tokens each took (for throughput accounting)."""
+    """One prompt's samples, with the tokens each took and whether it ended before the token budget.
+
+    `finished[i]` is False when continuation i was cut off by `max_new_tokens`; with a grammar, a
+    finished text is always a complete text of the grammar.
+    """
 
     texts: list[str]
     tokens: list[int] = field(default_factory=list)
+    finished: list[bool] = field(default_factory=list)
 
 
 class Engine(ABC):
@@ -68,6 +93,41 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the model (engines that own processes or devices override this)."""
+
+
+class TokenizedEngine(Engine):
+    """Prompt formatting and tokenising shared by the engines that hold a Hugging Face tokenizer.
+
+    Subclasses set `tokenizer`, `chat` (use the chat template) and `has_chat_template`; both
+    engines then tokenise prompts by the same rule, so their scores are comparable.
+    """
+
+    tokenizer = None
+    chat: bool = True
+    has_chat_template: bool = False
+
+    def format_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
+        if self.chat and self.has_chat_template:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return text + assistant_prefix
+        # Base models: plain completion framing.
+        head = f"{system}\n\n" if system else ""
+        return f"{head}{user}\n{assistant_prefix}"
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _encode_prompt(self, text: str) -> list[int]:
+        ids = self._encode(text)
+        bos = self.tokenizer.bos_token_id
+        # Chat templates already carry their own start tokens; base models expect BOS.
+        if bos is not None and not (self.chat and self.has_chat_template) and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
 
 
 def label_split(prompt_ids: list[int], with_labels: list[list[int]]) -> tuple[list[int], list[int]] | None:

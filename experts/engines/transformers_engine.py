@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from experts.engines.base import Engine, Generation, SamplingParams, label_split
+from experts.engines.base import Generation, SamplingParams, TokenizedEngine, label_split
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _lcp(a: list[int], b: list[int]) -> int:
     return i
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(TokenizedEngine):
     """A causal LM (optionally with a peft LoRA adapter) on CPU or one GPU."""
 
     def __init__(
@@ -71,30 +71,7 @@ class TransformersEngine(Engine):
         # Sliding-window caches (Gemma 3) cannot be cut back to a shorter prefix, and their layers do
         # not fit the static cache path of generate; full-attention models get both.
         self._full_attention = not getattr(self.model.config, "sliding_window", None)
-
-    # ---- prompts -------------------------------------------------------------------------
-    def format_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
-        if self.chat and self.has_chat_template:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return text + assistant_prefix
-        # Base models: plain completion framing.
-        head = f"{system}\n\n" if system else ""
-        return f"{head}{user}\n{assistant_prefix}"
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _encode_prompt(self, text: str) -> list[int]:
-        ids = self._encode(text)
-        bos = self.tokenizer.bos_token_id
-        # Chat templates already carry their own start tokens; base models expect BOS.
-        if bos is not None and not (self.chat and self.has_chat_template) and (not ids or ids[0] != bos):
-            ids = [bos] + ids
-        return ids
+        self._grammars = None
 
     # ---- generation ----------------------------------------------------------------------
     @torch.inference_mode()
@@ -112,8 +89,16 @@ class TransformersEngine(Engine):
             num_return_sequences=params.n,
             repetition_penalty=params.repetition_penalty,
             pad_token_id=pad,
+            eos_token_id=tok.eos_token_id,
         )
-        if params.temperature > 0:
+        sampler = self._sampler(len(prompts), params)
+        if sampler is not None:
+            # The sampler masks, picks greedy rows and warps itself; generate only draws from its scores.
+            from transformers import LogitsProcessorList
+
+            kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                          logits_processor=LogitsProcessorList([sampler]))
+        elif params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -134,15 +119,40 @@ class TransformersEngine(Engine):
         new = out[:, width:]
         results: list[Generation] = []
         for i in range(len(prompts)):
-            texts, counts = [], []
+            texts, counts, finished = [], [], []
             for j in range(params.n):
                 row = new[i * params.n + j].tolist()
+                ended = tok.eos_token_id in row
                 row = [t for t in row if t != pad] if pad != tok.eos_token_id else _cut_eos(row, tok.eos_token_id)
-                text = tok.decode(row, skip_special_tokens=True)
-                texts.append(_cut_stop(text, params.stop))
+                text = _cut_stop(tok.decode(row, skip_special_tokens=True), params.stop)
+                texts.append(text)
                 counts.append(len(row))
-            results.append(Generation(texts=texts, tokens=counts))
+                # Under a grammar the stop token is only allowed once the text is complete.
+                finished.append(ended or (not params.grammar and (len(row) < params.max_new_tokens
+                                                                  or text != tok.decode(row))))
+            results.append(Generation(texts=texts, tokens=counts, finished=finished))
         return results
+
+    def _sampler(self, prompts: int, params: SamplingParams):
+        """The grammar / greedy-row sampler a generate call needs, or None for plain decoding."""
+        greedy = params.greedy_rows(prompts)
+        mixed = params.temperature > 0 and bool(greedy)
+        if params.grammar is None and not mixed and not params.frequency_penalty:
+            return None
+        from experts.engines.constrained import ConstrainedSampler
+
+        return ConstrainedSampler(self.grammars if params.grammar else None, params.grammar, prompts * params.n,
+                                  greedy, params.temperature, params.top_p, params.line_chars,
+                                  params.frequency_penalty)
+
+    @property
+    def grammars(self):
+        """Compiled grammars for this tokenizer (built on first use)."""
+        if self._grammars is None:
+            from experts.engines.constrained import GrammarCompilerCache
+
+            self._grammars = GrammarCompilerCache(self.tokenizer, self.model.config.get_text_config().vocab_size)
+        return self._grammars
 
     def _generate_shared_prefill(self, input_ids, attention, n: int, kwargs: dict):
         """n samples per prompt from one prefill. `num_return_sequences=n` copies every prompt n times

@@ -42,7 +42,7 @@ import os
 import threading
 from pathlib import Path
 
-from experts.engines.base import Engine, Generation, SamplingParams, label_split
+from experts.engines.base import Generation, SamplingParams, TokenizedEngine, label_split
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def require_vllm() -> None:
         ) from exc
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(TokenizedEngine):
     """A causal LM served by vLLM, with at most one LoRA adapter applied to every request."""
 
     def __init__(
@@ -173,29 +173,6 @@ class VLLMEngine(Engine):
         # LLM.generate drives one engine loop; Serve may call from several threads.
         self._lock = threading.Lock()
 
-    # ---- prompts -------------------------------------------------------------------------
-    def format_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
-        if self.chat and self.has_chat_template:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return text + assistant_prefix
-        head = f"{system}\n\n" if system else ""
-        return f"{head}{user}\n{assistant_prefix}"
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _encode_prompt(self, text: str) -> list[int]:
-        ids = self._encode(text)
-        bos = self.tokenizer.bos_token_id
-        # Chat templates already carry their own start tokens; base models expect BOS.
-        if bos is not None and not (self.chat and self.has_chat_template) and (not ids or ids[0] != bos):
-            ids = [bos] + ids
-        return ids
-
     # ---- running -------------------------------------------------------------------------
     def _run(self, token_prompts: list[list[int]], params) -> list:
         """One LLM.generate call; every request carries this engine's adapter (or none)."""
@@ -207,34 +184,43 @@ class VLLMEngine(Engine):
             return self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        """Structured outputs carry the grammar; with `greedy_first` each prompt sends a greedy request and
+        a sampled one for the other n-1 (one generate call: they share the prompt through the prefix cache)."""
         if not prompts:
             return []
+        requests = [self._sampling(params.n, params, greedy=params.temperature <= 0)]
+        if params.greedy_first and params.n > 1 and params.temperature > 0:
+            requests = [self._sampling(1, params, greedy=True), self._sampling(params.n - 1, params, greedy=False)]
+        encoded = [self._encode_prompt(p) for p in prompts]
+        outputs = self._run([ids for ids in encoded for _ in requests], requests * len(prompts))
+        results = []
+        for i in range(len(prompts)):
+            texts, counts, finished = [], [], []
+            for out in outputs[i * len(requests):(i + 1) * len(requests)]:
+                for completion in sorted(out.outputs, key=lambda c: c.index):
+                    ids = list(completion.token_ids)
+                    # Count like the transformers engine: tokens generated, the closing EOS excluded.
+                    if ids and ids[-1] == self._eos:
+                        ids = ids[:-1]
+                    texts.append(_cut_stop(completion.text, params.stop))
+                    counts.append(len(ids))
+                    finished.append(completion.finish_reason != "length")
+            results.append(Generation(texts=texts, tokens=counts, finished=finished))
+        return results
+
+    def _sampling(self, n: int, params: SamplingParams, greedy: bool):
         from vllm import SamplingParams as VSamplingParams
 
-        greedy = params.temperature <= 0
-        vparams = VSamplingParams(
-            n=params.n,
-            max_tokens=params.max_new_tokens,
-            temperature=0.0 if greedy else params.temperature,
-            top_p=1.0 if greedy else params.top_p,
-            repetition_penalty=params.repetition_penalty,
-            stop=list(params.stop) or None,
-            seed=params.seed,
-            skip_special_tokens=True,
-        )
-        outputs = self._run([self._encode_prompt(p) for p in prompts], vparams)
-        results = []
-        for out in outputs:
-            texts, counts = [], []
-            for completion in sorted(out.outputs, key=lambda c: c.index):
-                ids = list(completion.token_ids)
-                # Count like the transformers engine: tokens generated, the closing EOS excluded.
-                if ids and ids[-1] == self._eos:
-                    ids = ids[:-1]
-                texts.append(_cut_stop(completion.text, params.stop))
-                counts.append(len(ids))
-            results.append(Generation(texts=texts, tokens=counts))
-        return results
+        structured = None
+        if params.grammar is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            structured = StructuredOutputsParams(grammar=params.grammar)
+        return VSamplingParams(
+            n=n, max_tokens=params.max_new_tokens, temperature=0.0 if greedy else params.temperature,
+            top_p=1.0 if greedy else params.top_p, repetition_penalty=params.repetition_penalty,
+            frequency_penalty=params.frequency_penalty, stop=list(params.stop) or None,
+            seed=None if greedy else params.seed, skip_special_tokens=True, structured_outputs=structured)
 
     # ---- scoring -------------------------------------------------------------------------
     def _split(self, context: str, continuation: str) -> tuple[list[int], int]:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -29,7 +29,9 @@ from experts.engines.base import Engine
 from experts.knowledge.chunking import Chunk, chunk_document
 from experts.knowledge.documents import Document, KnowledgeError, load_documents
 from experts.knowledge.extract import EXTRACT_VERSION, RawNode, extract_document, planned_method
-from experts.knowledge.graph import Group, IncidentNode, Merger, compute_links, normalize_incident, refine
+from experts.knowledge.graph import Group, Merger, compute_links, normalize_incident, refine
+from experts.knowledge.incident import TASK_TAG, IncidentNode
+from experts.knowledge.workflows import REFERENCE_VERSION
 from experts.knowledge.store import FORMAT, DocCache, KnowledgeStore, VersionData, write_version
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,8 @@ class BuildReport:
 
 
 def doc_key(doc: Document, chunk_chars: int, method: str) -> str:
-    blob = json.dumps([EXTRACT_VERSION, FORMAT, EMBEDDER_NAME, doc.source, doc.content_hash, chunk_chars, method])
+    blob = json.dumps([EXTRACT_VERSION, REFERENCE_VERSION, FORMAT, EMBEDDER_NAME, doc.source, doc.content_hash,
+                       chunk_chars, method])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -145,23 +148,55 @@ def _reuse(prev: VersionData, source: str, entry: dict, chunk_rows: dict[str, li
                      entry["root"], chunks, vecs, prev.raw_nodes.get(source, []), origin="reused")
 
 
+class TaskAssigner(Protocol):
+    """Files documents under the service's tasks (an expert's `knowledge_scope` names tasks)."""
+
+    fingerprint: str  # changes when the assignment could (task set, labeled examples, classifier)
+
+    def __call__(self, documents: list[Document]) -> dict[str, dict]:
+        """source -> {"tasks": [...], "by": "folder" | "classifier" | "folder+classifier", ...}."""
+
+
 def build_knowledge_base(doc_dirs: list[str | Path], directory: str | Path, *, llm: Engine | None = None,
-                         embedder=None, chunk_chars: int = 900, progress: bool = True) -> str:
+                         embedder=None, chunk_chars: int = 900, progress: bool = True,
+                         assign_tasks: TaskAssigner | None = None) -> str:
     """Sync the base in `directory` with the documents in `doc_dirs`; returns the current version."""
     return run_build(doc_dirs, directory, llm=llm, embedder=embedder, chunk_chars=chunk_chars,
-                     progress=progress, mode="sync").version
+                     progress=progress, mode="sync", assign_tasks=assign_tasks).version
 
 
 def add_documents(doc_dirs: list[str | Path], directory: str | Path, *, llm: Engine | None = None,
-                  embedder=None, chunk_chars: int | None = None, progress: bool = True) -> str:
+                  embedder=None, chunk_chars: int | None = None, progress: bool = True,
+                  assign_tasks: TaskAssigner | None = None) -> str:
     """Add new and changed documents from `doc_dirs`; documents already in the base stay as they are."""
     return run_build(doc_dirs, directory, llm=llm, embedder=embedder, chunk_chars=chunk_chars,
-                     progress=progress, mode="add").version
+                     progress=progress, mode="add", assign_tasks=assign_tasks).version
+
+
+@dataclass
+class _Build:
+    """What one build knows as it goes through its steps."""
+
+    store: KnowledgeStore
+    prev_version: str | None
+    prev: VersionData | None
+    chunk_chars: int
+    results: dict[str, DocResult] = field(default_factory=dict)
+    todo: list[tuple[Document, str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {"processed": 0, "cached": 0})
+    tasks: dict[str, dict] = field(default_factory=dict)
+    retagged: set[str] = field(default_factory=set)
+
+    @property
+    def prev_docs(self) -> dict[str, dict]:
+        return self.prev.manifest["docs"] if self.prev else {}
 
 
 def run_build(doc_dirs: list[str | Path], directory: str | Path, *, llm: Engine | None = None, embedder=None,
               chunk_chars: int | None = 900, progress: bool = True, mode: str = "sync",
-              keep_versions: int = KEEP_VERSIONS) -> BuildReport:
+              keep_versions: int = KEEP_VERSIONS, assign_tasks: TaskAssigner | None = None) -> BuildReport:
     if mode not in ("sync", "add"):
         raise ValueError("mode must be sync or add")
     t0 = time.perf_counter()
@@ -175,154 +210,200 @@ def run_build(doc_dirs: list[str | Path], directory: str | Path, *, llm: Engine 
         prev = store.read(prev_version) if prev_version else None
         if chunk_chars is None:
             chunk_chars = int(prev.manifest["chunk_chars"]) if prev else 900
-        prev_docs: dict[str, dict] = prev.manifest["docs"] if prev else {}
-
-        # ---- plan: reuse unchanged documents, process the rest ------------------------------
-        chunk_rows: dict[str, list[int]] = {}
-        if prev:
-            for i, c in enumerate(prev.chunks):
-                chunk_rows.setdefault(c.source, []).append(i)
-        results: dict[str, DocResult] = {}
-        todo: list[tuple[Document, str, str]] = []
-        for doc in scan.documents:
-            method = planned_method(doc, llm is not None)
-            key = doc_key(doc, chunk_chars, method)
-            entry = prev_docs.get(doc.source)
-            if entry and entry["key"] == key:
-                results[doc.source] = _reuse(prev, doc.source, entry, chunk_rows)
-            else:
-                todo.append((doc, method, key))
-        pending = {d.source for d, _, _ in todo}
-        if mode == "add":
-            for source, entry in prev_docs.items():
-                if source not in results and source not in pending:
-                    results[source] = _reuse(prev, source, entry, chunk_rows)
-        removed = sorted(set(prev_docs) - set(results) - pending)
-        if not todo and not removed and prev_version is not None:
+        b = _Build(store, prev_version, prev, chunk_chars)
+        _plan(b, scan, llm is not None, mode)
+        assigner_id = getattr(assign_tasks, "fingerprint", None)
+        same_assigner = prev is not None and prev.manifest.get("task_assigner") == assigner_id
+        if not b.todo and not b.removed and prev_version is not None and same_assigner:
             log.info("knowledge base %s is up to date (%s)", store.root, prev_version)
             return BuildReport(prev_version, store.root, False, prev.manifest.get("stats", {}))
-
         if embedder is None:
             from core.embeddings import shared_embedder
 
             embedder = shared_embedder()
-        timings: dict[str, float] = {"scan_load": time.perf_counter() - t0}
-
-        # ---- steps 1-2 per document (cached as soon as done: resumable) -----------------------
-        t = time.perf_counter()
-        cache = DocCache(store.cache_dir)
-        counts = {"processed": 0, "cached": 0}
-        for doc, method, key in _progress(todo, "documents", progress):
-            hit = cache.load(key)
-            if hit is not None:
-                results[doc.source] = _from_cache(*hit)
-                counts["cached"] += 1
-                continue
-            res = _process(doc, method, key, chunk_chars, llm, embedder)
-            cache.save(key, _cache_meta(res), res.vectors)
-            results[doc.source] = res
-            counts["processed"] += 1
-        timings["extract_embed"] = time.perf_counter() - t
-
-        # ---- step 3: merge into incident groups ---------------------------------------------------
-        t = time.perf_counter()
-        changed = {s for s, r in results.items() if r.origin != "reused"} | set(removed)
-        prev_nodes = {n.id: n for n in prev.nodes} if prev else {}
-        groups: list[Group] = []
-        affected: set[str] = set()
-        if prev:
-            raw_by_ref = {r.ref: r for rs in prev.raw_nodes.values() for r in rs}
-            for i, n in enumerate(prev.nodes):
-                members = [raw_by_ref[m] for m in n.members if m in raw_by_ref
-                           and m.rsplit("#", 1)[0] not in changed]
-                if len(members) != len(n.members):
-                    affected.add(n.id)
-                groups.append(Group(n.id, n.key, prev.name_vectors[i], members))
-        new_raw = [r for s in sorted(results) if results[s].origin != "reused" for r in results[s].raw_nodes]
-        merger = Merger(lambda texts: embedder.encode(texts))
-        taken = {g.id for g in groups}
-        affected |= merger.assign(groups, new_raw, taken)
-        groups = [g for g in groups if g.members]
-        nodes: list[IncidentNode] = []
-        for g in groups:
-            if g.id in affected or g.id not in prev_nodes:
-                node = refine(g)
-                node.key = g.key = normalize_incident(node.incident) or g.key
-                nodes.append(node)
-            else:
-                nodes.append(prev_nodes[g.id])
-        fresh = {n.id for n in nodes if n.id in affected or n.id not in prev_nodes}
-        timings["merge"] = time.perf_counter() - t
-
-        # ---- step 4: links, node vectors ----------------------------------------------------------
-        t = time.perf_counter()
-        name_vecs = np.zeros((len(nodes), embedder.dim), np.float32)
-        desc_vecs = np.zeros((len(nodes), embedder.dim), np.float32)
-        prev_index = {n.id: i for i, n in enumerate(prev.nodes)} if prev else {}
-        todo_idx = [i for i, n in enumerate(nodes) if n.id in fresh or n.id not in prev_index]
-        todo_set = set(todo_idx)
-        for i, n in enumerate(nodes):
-            if i not in todo_set:
-                name_vecs[i] = prev.name_vectors[prev_index[n.id]]
-                desc_vecs[i] = prev.desc_vectors[prev_index[n.id]]
-        if todo_idx:
-            enc = embedder.encode([nodes[i].name_text() for i in todo_idx]
-                                  + [nodes[i].description_text() for i in todo_idx])
-            name_vecs[todo_idx] = enc[: len(todo_idx)]
-            desc_vecs[todo_idx] = enc[len(todo_idx):]
-        links = compute_links(nodes, fresh=fresh, previous={n.id: list(n.related) for n in prev_nodes.values()},
-                              vectors=desc_vecs)
-        for n in nodes:
-            n.related = links.get(n.id, [])
-        timings["link_embed_nodes"] = time.perf_counter() - t
-
-        # ---- write the new version ------------------------------------------------------------------
-        order = sorted(results)
-        chunks = [c for s in order for c in results[s].chunks]
-        vec_parts = [results[s].vectors for s in order if len(results[s].chunks)]
-        chunk_vecs = np.concatenate(vec_parts) if vec_parts else np.zeros((0, embedder.dim), np.float32)
-        methods: dict[str, int] = {}
-        for r in results.values():
-            methods[r.method] = methods.get(r.method, 0) + 1
-        stats = {
-            "documents": len(results), "chunks": len(chunks), "nodes": len(nodes),
-            "links": sum(len(n.related) for n in nodes) // 2,
-            "processed": counts["processed"], "from_cache": counts["cached"],
-            "reused": sum(r.origin == "reused" for r in results.values()), "removed": len(removed),
-            "new_or_changed_nodes": len(fresh), "methods": methods,
-            "llm_docs": sorted(s for s, r in results.items() if r.method == "llm"),
-            "skipped_files": scan.skipped,
-        }
-        roots = sorted({r.root for r in results.values()})
-        manifest = {
-            "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "embedder": EMBEDDER_NAME, "dim": int(embedder.dim), "chunk_chars": chunk_chars,
-            "extract_version": EXTRACT_VERSION, "llm": getattr(llm, "name", None) if llm is not None else None,
-            "roots": roots, "docs": {s: results[s].entry() for s in order}, "stats": stats,
-            "previous": prev_version,
-        }
-        data = VersionData(manifest, chunks, chunk_vecs, nodes, name_vecs, desc_vecs,
-                           {s: results[s].raw_nodes for s in order})
-        t = time.perf_counter()
-        with store.new_version() as (version, folder):
-            manifest["version"] = version
-            timings["total"] = time.perf_counter() - t0
-            stats["seconds"] = {k: round(v, 3) for k, v in timings.items()}
-            write_version(folder, data)
-        stats["seconds"]["write"] = round(time.perf_counter() - t, 3)
-        stats["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+        b.timings["scan_load"] = time.perf_counter() - t0
+        _extract(b, llm, embedder, progress)
+        _assign_tasks(b, scan.documents, assign_tasks)
+        nodes, fresh = _merge(b, embedder)
+        name_vecs, desc_vecs = _link(b, nodes, fresh, embedder)
+        report = _write(b, nodes, fresh, name_vecs, desc_vecs, embedder, llm, scan, assigner_id, t0)
         store.prune(keep_versions)
-        cache.prune({results[s].key for s in order})
-        log.info("knowledge base %s: %s (%d docs, %d chunks, %d nodes, %d links; %d processed)", store.root,
-                 version, stats["documents"], stats["chunks"], stats["nodes"], stats["links"], stats["processed"])
-        return BuildReport(version, store.root, True, stats)
+        DocCache(store.cache_dir).prune({r.key for r in b.results.values()})
+        return report
 
 
-def _up_to_date(store: KnowledgeStore, doc_dirs: list[str], chunk_chars: int, llm_available: bool) -> bool:
+def _plan(b: _Build, scan, llm_available: bool, mode: str) -> None:
+    """Reuse unchanged documents, queue the rest."""
+    chunk_rows: dict[str, list[int]] = {}
+    if b.prev:
+        for i, c in enumerate(b.prev.chunks):
+            chunk_rows.setdefault(c.source, []).append(i)
+    for doc in scan.documents:
+        method = planned_method(doc, llm_available)
+        key = doc_key(doc, b.chunk_chars, method)
+        entry = b.prev_docs.get(doc.source)
+        if entry and entry["key"] == key:
+            b.results[doc.source] = _reuse(b.prev, doc.source, entry, chunk_rows)
+        else:
+            b.todo.append((doc, method, key))
+    pending = {d.source for d, _, _ in b.todo}
+    if mode == "add":
+        for source, entry in b.prev_docs.items():
+            if source not in b.results and source not in pending:
+                b.results[source] = _reuse(b.prev, source, entry, chunk_rows)
+    b.removed = sorted(set(b.prev_docs) - set(b.results) - pending)
+
+
+def _extract(b: _Build, llm: Engine | None, embedder, progress: bool) -> None:
+    """FlowXpert steps 1-2 per document, cached as soon as done (resumable)."""
+    t = time.perf_counter()
+    cache = DocCache(b.store.cache_dir)
+    for doc, method, key in _progress(b.todo, "documents", progress):
+        hit = cache.load(key)
+        if hit is not None:
+            b.results[doc.source] = _from_cache(*hit)
+            b.counts["cached"] += 1
+            continue
+        res = _process(doc, method, key, b.chunk_chars, llm, embedder)
+        cache.save(key, _cache_meta(res), res.vectors)
+        b.results[doc.source] = res
+        b.counts["processed"] += 1
+    b.timings["extract_embed"] = time.perf_counter() - t
+
+
+def _assign_tasks(b: _Build, documents: list[Document], assign: TaskAssigner | None) -> None:
+    """File every document under tasks and tag its chunks and raw incidents `task:<name>`."""
+    t = time.perf_counter()
+    fresh = assign(documents) if assign is not None else {}
+    for source, r in b.results.items():
+        entry: dict = {}
+        if assign is not None:  # documents not scanned this time ("add" builds) keep their earlier filing
+            entry = fresh.get(source) or {k: v for k, v in b.prev_docs.get(source, {}).items()
+                                          if k in ("tasks", "tasks_by", "task_confidence")}
+        b.tasks[source] = entry
+        tags = list(dict.fromkeys([*r.tags, *(f"{TASK_TAG}{t}" for t in entry.get("tasks", []))]))
+        if b.prev_docs.get(source, {}).get("tasks", []) != entry.get("tasks", []):
+            b.retagged.add(source)
+        for c in r.chunks:
+            c.tags = list(tags)
+        for raw in r.raw_nodes:
+            raw.tags = list(tags)
+    b.timings["assign_tasks"] = time.perf_counter() - t
+
+
+def _merge(b: _Build, embedder) -> tuple[list[IncidentNode], set[str]]:
+    """FlowXpert step 3: raw incidents into groups; groups a changed document touches are refined again."""
+    t = time.perf_counter()
+    changed = {s for s, r in b.results.items() if r.origin != "reused"} | set(b.removed) | b.retagged
+    prev = b.prev
+    prev_nodes = {n.id: n for n in prev.nodes} if prev else {}
+    groups: list[Group] = []
+    affected: set[str] = set()
+    if prev:
+        raw_by_ref = {r.ref: r for rs in prev.raw_nodes.values() for r in rs}
+        for i, n in enumerate(prev.nodes):
+            members = [raw_by_ref[m] for m in n.members if m in raw_by_ref and m.rsplit("#", 1)[0] not in changed]
+            if len(members) != len(n.members):
+                affected.add(n.id)
+            groups.append(Group(n.id, n.key, prev.name_vectors[i], members))
+    new_raw = [r for s in sorted(b.results) if s in changed for r in b.results[s].raw_nodes]
+    merger = Merger(lambda texts: embedder.encode(texts))
+    affected |= merger.assign(groups, new_raw, {g.id for g in groups})
+    nodes: list[IncidentNode] = []
+    for g in (g for g in groups if g.members):
+        if g.id in affected or g.id not in prev_nodes:
+            node = refine(g)
+            node.key = g.key = normalize_incident(node.incident) or g.key
+            nodes.append(node)
+        else:
+            nodes.append(prev_nodes[g.id])
+    fresh = {n.id for n in nodes if n.id in affected or n.id not in prev_nodes}
+    b.timings["merge"] = time.perf_counter() - t
+    return nodes, fresh
+
+
+def _link(b: _Build, nodes: list[IncidentNode], fresh: set[str], embedder) -> tuple[np.ndarray, np.ndarray]:
+    """FlowXpert step 4: node vectors (reused where unchanged) and links."""
+    t = time.perf_counter()
+    prev = b.prev
+    name_vecs = np.zeros((len(nodes), embedder.dim), np.float32)
+    desc_vecs = np.zeros((len(nodes), embedder.dim), np.float32)
+    prev_index = {n.id: i for i, n in enumerate(prev.nodes)} if prev else {}
+    todo = [i for i, n in enumerate(nodes) if n.id in fresh or n.id not in prev_index]
+    for i in set(range(len(nodes))) - set(todo):
+        name_vecs[i] = prev.name_vectors[prev_index[nodes[i].id]]
+        desc_vecs[i] = prev.desc_vectors[prev_index[nodes[i].id]]
+    if todo:
+        enc = embedder.encode([nodes[i].name_text() for i in todo] + [nodes[i].description_text() for i in todo])
+        name_vecs[todo] = enc[: len(todo)]
+        desc_vecs[todo] = enc[len(todo):]
+    previous = {n.id: list(n.related) for n in prev.nodes} if prev else {}
+    links = compute_links(nodes, fresh=fresh, previous=previous, vectors=desc_vecs)
+    for n in nodes:
+        n.related = links.get(n.id, [])
+    b.timings["link_embed_nodes"] = time.perf_counter() - t
+    return name_vecs, desc_vecs
+
+
+def _write(b: _Build, nodes, fresh, name_vecs, desc_vecs, embedder, llm, scan, assigner_id, t0) -> BuildReport:
+    order = sorted(b.results)
+    results = b.results
+    chunks = [c for s in order for c in results[s].chunks]
+    vec_parts = [results[s].vectors for s in order if len(results[s].chunks)]
+    chunk_vecs = np.concatenate(vec_parts) if vec_parts else np.zeros((0, embedder.dim), np.float32)
+    methods: dict[str, int] = {}
+    for r in results.values():
+        methods[r.method] = methods.get(r.method, 0) + 1
+    stats = {
+        "documents": len(results), "chunks": len(chunks), "nodes": len(nodes),
+        "links": sum(len(n.related) for n in nodes) // 2,
+        "processed": b.counts["processed"], "from_cache": b.counts["cached"],
+        "reused": sum(r.origin == "reused" for r in results.values()), "removed": len(b.removed),
+        "new_or_changed_nodes": len(fresh), "methods": methods,
+        "llm_docs": sorted(s for s, r in results.items() if r.method == "llm"),
+        "skipped_files": scan.skipped,
+        "tasks": task_counts(b.tasks),
+    }
+    docs = {s: {**results[s].entry(), **b.tasks.get(s, {})} for s in order}
+    manifest = {
+        "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "embedder": EMBEDDER_NAME, "dim": int(embedder.dim), "chunk_chars": b.chunk_chars,
+        "extract_version": EXTRACT_VERSION, "llm": getattr(llm, "name", None) if llm is not None else None,
+        "roots": sorted({r.root for r in results.values()}), "docs": docs, "stats": stats,
+        "previous": b.prev_version, "task_assigner": assigner_id,
+    }
+    data = VersionData(manifest, chunks, chunk_vecs, nodes, name_vecs, desc_vecs,
+                       {s: results[s].raw_nodes for s in order})
+    t = time.perf_counter()
+    with b.store.new_version() as (version, folder):
+        manifest["version"] = version
+        b.timings["total"] = time.perf_counter() - t0
+        stats["seconds"] = {k: round(v, 3) for k, v in b.timings.items()}
+        write_version(folder, data)
+    stats["seconds"]["write"] = round(time.perf_counter() - t, 3)
+    stats["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+    log.info("knowledge base %s: %s (%d docs, %d chunks, %d nodes, %d links; %d processed)", b.store.root,
+             version, stats["documents"], stats["chunks"], stats["nodes"], stats["links"], stats["processed"])
+    return BuildReport(version, b.store.root, True, stats)
+
+
+def task_counts(tasks: dict[str, dict]) -> dict[str, int]:
+    """Documents per task (documents filed under no task count under "")."""
+    out: dict[str, int] = {}
+    for entry in tasks.values():
+        for t in entry.get("tasks") or [""]:
+            out[t] = out.get(t, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _up_to_date(store: KnowledgeStore, doc_dirs: list[str], chunk_chars: int, llm_available: bool,
+                assigner_id: str | None) -> bool:
     version = store.current_version()
     if version is None:
         return False
     manifest = store.manifest(version)
+    if manifest.get("task_assigner") != assigner_id:
+        return False
     scan = load_documents(doc_dirs)
     planned = {d.source: doc_key(d, chunk_chars, planned_method(d, llm_available)) for d in scan.documents}
     built = {s: e["key"] for s, e in manifest["docs"].items()}
@@ -330,7 +411,7 @@ def _up_to_date(store: KnowledgeStore, doc_dirs: list[str], chunk_chars: int, ll
 
 
 def ensure_knowledge_base(cfg, llm_factory: Callable[[], Engine] | None = None, *, embedder=None,
-                          progress: bool = False) -> Path:
+                          progress: bool = False, assign_tasks: TaskAssigner | None = None) -> Path:
     """The base for `cfg` (a KnowledgeConfig), built or updated first when its documents changed.
 
     Without an LLM factory unstructured documents use the heuristic extractor; with one, the LLM is
@@ -340,9 +421,10 @@ def ensure_knowledge_base(cfg, llm_factory: Callable[[], Engine] | None = None, 
         raise KnowledgeError("knowledge.docs lists no document folders")
     directory = Path(cfg.directory).expanduser() if cfg.directory else default_directory(cfg.docs)
     store = KnowledgeStore(directory)
-    if _up_to_date(store, list(cfg.docs), cfg.chunk_chars, llm_factory is not None):
+    if _up_to_date(store, list(cfg.docs), cfg.chunk_chars, llm_factory is not None,
+                   getattr(assign_tasks, "fingerprint", None)):
         return directory
     llm = LazyEngine(llm_factory) if llm_factory is not None else None
     run_build(list(cfg.docs), directory, llm=llm, embedder=embedder, chunk_chars=cfg.chunk_chars,
-              progress=progress, mode="sync")
+              progress=progress, mode="sync", assign_tasks=assign_tasks)
     return directory

@@ -42,11 +42,12 @@ from experts.knowledge.markdown import (
     section_steps,
     split_sections,
     split_sentences,
+    whole_sentences,
 )
 
 log = logging.getLogger(__name__)
 
-EXTRACT_VERSION = 1  # bump when extraction output changes so cached results are recomputed
+EXTRACT_VERSION = 2  # bump when extraction output changes so cached results are recomputed
 MAX_DESCRIPTION = 1200
 MAX_NOTES = 800
 
@@ -151,10 +152,7 @@ def is_structured(doc: Document) -> bool:
 
 
 def _cap(text: str, limit: int) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
-    if len(text) <= limit:
-        return text
-    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
+    return whole_sentences(re.sub(r"\s+", " ", text).strip(), limit)
 
 
 # ---- deterministic path -------------------------------------------------------------------------
@@ -178,7 +176,7 @@ class RunbookExtractor:
         diagnosis = section_steps(get("diagnosis")).steps
         mitigation = section_steps(get("mitigation")).steps
         cases_md = get("cases")
-        cases = list_items(cases_md) or [finish_step(s, 500) for s in split_sentences(plain_text(cases_md))]
+        cases = list_items(cases_md) or [finish_step(s) for s in split_sentences(plain_text(cases_md))]
         return [RawNode(
             incident=doc.title, source=doc.source, order=0, method=self.method,
             failure_description=_cap(description, MAX_DESCRIPTION), diagnosis_steps=diagnosis,
@@ -399,7 +397,7 @@ class _SentenceExtractor:
         for s, p in labelled:
             best = max(p, key=p.get)
             if best in ("symptom", "other") and _CASE_CUE.search(s) and _SYMPTOM.search(s):
-                cases.append(finish_step(s, 500))
+                cases.append(finish_step(s))
             elif best == "symptom":
                 symptoms.append(s)
             elif best == "check":

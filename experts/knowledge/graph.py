@@ -24,13 +24,15 @@ import math
 import posixpath
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from experts.knowledge.extract import RawNode
-from experts.knowledge.markdown import humanize
+from experts.knowledge.incident import IncidentNode
+from experts.knowledge.markdown import humanize, whole_sentences
+from experts.knowledge.workflows import reference_workflow
 
 SAME_DOC_THRESHOLD = 0.75
 CROSS_DOC_THRESHOLD = 0.88
@@ -39,47 +41,6 @@ KEYWORD_LINK_MIN = 0.25  # keyword cosine alone
 COMBINED_LINK_MIN = 0.42  # mean of keyword cosine and description-embedding cosine
 MIN_SHARED_KEYWORDS = 0.05
 KEYWORD_LINKS_PER_NODE = 3
-
-
-@dataclass
-class IncidentNode:
-    id: str
-    key: str
-    incident: str
-    failure_description: str = ""
-    diagnosis_steps: list[str] = field(default_factory=list)
-    mitigation_steps: list[str] = field(default_factory=list)
-    typical_cases: list[str] = field(default_factory=list)
-    notes: str = ""
-    sources: list[str] = field(default_factory=list)  # document paths, then chunk ids
-    tags: list[str] = field(default_factory=list)
-    related: list[str] = field(default_factory=list)
-    aliases: list[str] = field(default_factory=list)
-    members: list[str] = field(default_factory=list)  # raw node refs "source#order"
-    references: list[str] = field(default_factory=list)  # document paths its text points at (unresolved)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "IncidentNode":
-        fields = cls.__dataclass_fields__
-        return cls(**{k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v)
-                      for k, v in d.items() if k in fields})
-
-    @property
-    def docs(self) -> list[str]:
-        return sorted({m.rsplit("#", 1)[0] for m in self.members})
-
-    def name_text(self) -> str:
-        return humanize(self.incident)
-
-    def description_text(self) -> str:
-        return f"{humanize(self.incident)}: {self.failure_description[:500]}"
-
-    def all_text(self) -> str:
-        return " ".join([self.incident, self.failure_description, *self.diagnosis_steps, *self.mitigation_steps,
-                         *self.typical_cases, self.notes])
 
 
 # ---- names -----------------------------------------------------------------------------------------
@@ -191,8 +152,7 @@ def _union(lists: list[list[str]]) -> list[str]:
 
 
 def _cap(text: str, limit: int) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + "…"
+    return whole_sentences(re.sub(r"\s+", " ", text).strip(), limit)
 
 
 def refine(group: Group) -> IncidentNode:
@@ -222,10 +182,13 @@ def refine(group: Group) -> IncidentNode:
     refs: list[str] = []
     for m in ms:
         refs += [r for r in m.references if r not in refs]
+    diagnosis = _union([m.diagnosis_steps for m in ms])
+    mitigation = _union([m.mitigation_steps for m in ms])
+    workflow = reference_workflow(diagnosis, mitigation, desc, source=group.id)
     return IncidentNode(
         id=group.id, key=group.key, incident=head.incident, failure_description=_cap(desc, 1500),
-        diagnosis_steps=_union([m.diagnosis_steps for m in ms]),
-        mitigation_steps=_union([m.mitigation_steps for m in ms]),
+        diagnosis_steps=diagnosis, mitigation_steps=mitigation,
+        workflow=[s.model_dump(mode="json", exclude_none=True) for s in workflow.steps] if workflow else [],
         typical_cases=_union([m.typical_cases for m in ms]), notes=_cap(notes, 1000), sources=sources,
         tags=sorted({t for m in ms for t in m.tags}), aliases=aliases, members=[m.ref for m in ms],
         references=refs,

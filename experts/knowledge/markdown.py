@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from core.workflow.actions import ACTION_VERBS, CHECK_VERBS, FIX_VERBS
+
 import yaml
 
 # ---- front matter and sections ----------------------------------------------------------------
@@ -214,31 +216,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 # ---- what counts as an action --------------------------------------------------------------------
-CHECK_VERBS = {
-    "check", "verify", "inspect", "look", "review", "query", "investigate", "examine", "confirm", "find",
-    "identify", "determine", "compare", "search", "list", "describe", "get", "watch", "monitor", "study",
-    "analyse", "analyze", "debug", "test", "validate", "reproduce", "follow", "grep", "tail", "ping", "dig",
-    "nslookup", "curl", "traceroute", "measure", "collect", "gather", "capture", "dump", "profile", "read",
-    "consult", "open", "login", "ssh", "connect", "exec", "trace", "observe", "view",
-    "show", "locate", "track", "correlate", "audit", "ask", "talk", "contact", "determine",
-}
-FIX_VERBS = {
-    "restart", "reboot", "delete", "remove", "increase", "decrease", "raise", "lower", "scale", "add",
-    "expand", "resize", "rollback", "roll", "revert", "upgrade", "update", "fix", "edit", "change", "set",
-    "configure", "enable", "disable", "cordon", "drain", "migrate", "move", "clean", "purge",
-    "defragment", "defrag", "compact", "restore", "recreate", "reinstall", "replace", "escalate", "stop",
-    "start", "apply", "create", "deploy", "redeploy", "patch", "rotate", "renew", "reissue", "provision",
-    "allocate", "assign", "silence", "route", "adjust", "tune", "reduce", "limit", "kill", "flush", "clear",
-    "reset", "refresh", "reload", "trigger", "retry", "rerun", "rebuild", "resync", "rebalance", "reschedule",
-    "evict", "uncordon", "backup", "snapshot", "export", "unmount", "mount", "fsck", "unblock",
-    "unlock", "disconnect", "isolate", "failover", "promote", "demote", "split", "cancel", "drop",
-    "bypass", "mitigate", "quarantine", "revoke", "reimage", "swap", "extend", "shrink", "archive", "prune",
-    "truncate", "rename", "pin", "unpin", "pause", "resume", "suspend", "terminate", "shutdown", "repair",
-    "recover", "re-run", "re-enable", "install", "uninstall", "upload", "download", "notify", "inform",
-    "document", "record", "schedule", "plan", "wait", "try", "use", "run", "execute", "make", "ensure",
-    "consider", "keep", "avoid", "prefer", "define", "tell", "call",
-}
-ACTION_VERBS = CHECK_VERBS | FIX_VERBS
+
 _LEADERS = {"then", "also", "first", "next", "finally", "please", "now", "afterwards", "optionally", "and", "either",
             "or", "simply", "just", "always", "never", "immediately", "quickly", "manually", "carefully"}
 _MODAL = re.compile(r"\b(?:is|are) to (?:" + "|".join(sorted(ACTION_VERBS)) + r")\b|"
@@ -318,16 +296,22 @@ def is_action(sentence: str) -> bool:
 _CONFIG_LANGS = {"yaml", "yml", "json", "toml", "ini", "xml", "text", "txt", "log", "diff", "output",
                  "csv", "html", "properties", "conf", "hcl"}
 _TRIVIAL_CMDS = {"exit", "logout", "clear", "cd", "cd ..", "sudo -i", "su -"}
-MAX_STEP_CHARS = 300
 
 
-def finish_step(text: str, limit: int = MAX_STEP_CHARS) -> str:
+def finish_step(text: str) -> str:
+    """A step as one clean line, whole (long steps are summarised later, never cut here)."""
     text = re.sub(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+", "", text)
-    text = re.sub(r"\s+", " ", text).strip(" -;,")
-    if len(text) > limit:
-        cut = text[:limit].rsplit(" ", 1)[0]
-        text = cut.rstrip(" ,;:") + "…"
-    return text
+    return re.sub(r"\s+", " ", text).strip(" -;,")
+
+
+def whole_sentences(text: str, limit: int) -> str:
+    """As many whole sentences of `text` as fit in `limit` characters (at least the first one)."""
+    out = ""
+    for s in split_sentences(text):
+        if out and len(out) + 1 + len(s) > limit:
+            break
+        out = f"{out} {s}".strip()
+    return out
 
 
 def commands_from_code(code: str, lang: str = "") -> list[str]:
@@ -477,9 +461,9 @@ def list_items(md: str) -> list[str]:
         if base is None:
             base = b.indent
         if b.indent > base and items:
-            items[-1] = finish_step(items[-1] + "; " + text, 500)
+            items[-1] = finish_step(items[-1] + "; " + text)
         else:
-            items.append(finish_step(text, 500))
+            items.append(finish_step(text))
     return items
 
 

@@ -1,9 +1,11 @@
-"""Retrieval on the request path: one query embedding, a faiss search over chunks, a dot product over nodes.
+"""Retrieval on the request path: one query embedding, a faiss search over chunks, hybrid node ranking.
 
-Node similarity follows FlowXpert: the query against the incident name embedding, and against
-"name: failure description". Two cheap extras help real tickets: a node whose own chunk is among
-the best chunk hits gets a small boost, and so does a node whose alert name appears verbatim in
-the query (tickets often quote `KubePodCrashLooping`).
+A node's score mixes dense and lexical evidence: the query against the incident name embedding
+and against "name: failure description" (FlowXpert), BM25 over the node's own text (names,
+description, steps), a small boost when one of the node's chunks is among the best chunk hits,
+and a larger one when its alert name or an alias appears in the query (tickets quote
+`KubePodCrashLooping`). Below a calibrated relevance nothing is returned: an unrelated runbook is
+worse than none.
 """
 
 from __future__ import annotations
@@ -13,17 +15,22 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from experts.knowledge.documents import KnowledgeError
 from experts.knowledge.graph import normalize_incident
+from experts.knowledge.incident import TASK_TAG, NodeHit
+from experts.knowledge.lexical import BM25
 from experts.knowledge.store import KnowledgeStore, read_version
 
 NAME_WEIGHT = 0.5  # the rest goes to the name+description embedding
+LEXICAL_WEIGHT = 0.3  # BM25's share of a node's score (the rest is dense)
 CHUNK_EVIDENCE_BOOST = 0.08
 NAME_MENTION_BOOST = 0.25
+SCOPE_MARGIN = 0.05  # how much more relevant the whole base must be to override an expert's scope
 QUERY_CACHE_SIZE = 512
 
 
@@ -36,24 +43,18 @@ class ChunkHit(BaseModel):
     score: float = Field(description="Cosine similarity to the query.")
 
 
-class NodeHit(BaseModel):
-    id: str
-    incident: str
-    failure_description: str = ""
-    diagnosis_steps: list[str] = Field(default_factory=list)
-    mitigation_steps: list[str] = Field(default_factory=list)
-    typical_cases: list[str] = Field(default_factory=list)
-    notes: str = ""
-    sources: list[str] = Field(default_factory=list)
-    tags: list[str] = Field(default_factory=list)
-    related: list[str] = Field(default_factory=list)
-    score: float
+Scope = Literal["unscoped", "scoped", "whole base"]
 
 
 class RetrievedContext(BaseModel):
     chunks: list[ChunkHit] = Field(default_factory=list)
     nodes: list[NodeHit] = Field(default_factory=list)
     version: str | None = Field(default=None, description="Knowledge-base version that answered.")
+    matched: bool = Field(default=True, description="False when nothing scored above the relevance threshold: "
+                                                    "the context is then empty ('none matched').")
+    best_score: float | None = Field(default=None, description="Score of the best item considered.")
+    scope: Scope = Field(default="unscoped", description="scoped: the expert's scope answered; whole base: the "
+                                                         "scope held nothing relevant and the whole base was searched.")
 
     def ids(self) -> list[str]:
         return [n.id for n in self.nodes] + [c.id for c in self.chunks]
@@ -74,6 +75,7 @@ class _State:
     chunk_owner: dict[str, list[int]]  # chunk id -> node rows
     camel_names: list[tuple[int, str]]
     keys: list[tuple[int, str]]
+    lexical: BM25
 
 
 def _load_state(store: KnowledgeStore, version: str, stamp) -> _State:
@@ -87,15 +89,26 @@ def _load_state(store: KnowledgeStore, version: str, stamp) -> _State:
         for s in n.sources:
             if s.startswith("c-"):
                 owner.setdefault(s, []).append(i)
-    camel = [(i, n.incident) for i, n in enumerate(data.nodes)
-             if re.fullmatch(r"[A-Za-z][a-z0-9]*(?:[A-Z][A-Za-z0-9]*)+", n.incident) and len(n.incident) >= 8]
-    keys = [(i, n.key) for i, n in enumerate(data.nodes) if len(n.key.split()) >= 2 and len(n.key) >= 8]
+    names = [(i, name) for i, n in enumerate(data.nodes) for name in (n.incident, *n.aliases)]
+    camel = [(i, name) for i, name in names
+             if re.fullmatch(r"[A-Za-z][a-z0-9]*(?:[A-Z][A-Za-z0-9]*)+", name) and len(name) >= 8]
+    keys = [(i, normalize_incident(name)) for i, name in names]
+    keys = [(i, k) for i, k in keys if len(k.split()) >= 2 and len(k) >= 8]
+    lexical = BM25([" ".join([n.incident, *n.aliases, n.failure_description, *n.diagnosis_steps,
+                              *n.mitigation_steps]) for n in data.nodes])
     return _State(version=version, stamp=stamp, manifest=data.manifest, chunks=data.chunks, chunk_index=index,
                   chunk_tags=[frozenset(c.tags) for c in data.chunks], nodes=data.nodes,
                   name_vecs=np.ascontiguousarray(data.name_vectors, np.float32),
                   desc_vecs=np.ascontiguousarray(data.desc_vectors, np.float32),
                   node_tags=[frozenset(n.tags) for n in data.nodes], chunk_owner=owner, camel_names=camel,
-                  keys=keys)
+                  keys=keys, lexical=lexical)
+
+
+def scope_tags(scope: list[str] | None) -> frozenset | None:
+    """Tags a scope of task names (or plain document tags) matches: `storage` -> {storage, task:storage}."""
+    if not scope:
+        return None
+    return frozenset(scope) | frozenset(f"{TASK_TAG}{s}" for s in scope)
 
 
 class KnowledgeBase:
@@ -160,25 +173,63 @@ class KnowledgeBase:
         st = self._state
         return sorted({t for ts in st.node_tags for t in ts} | {t for ts in st.chunk_tags for t in ts})
 
-    def retrieve(self, query: str, scope: list[str] | None = None, k_chunks: int = 3,
-                 k_nodes: int = 2) -> RetrievedContext:
-        return self.retrieve_many([query], scope=scope, k_chunks=k_chunks, k_nodes=k_nodes)[0]
+    def retrieve(self, query: str, scope: list[str] | None = None, k_chunks: int = 3, k_nodes: int = 2,
+                 min_relevance: float = 0.0, exclude_sources: tuple[str, ...] = (),
+                 scope_margin: float = SCOPE_MARGIN) -> RetrievedContext:
+        return self.retrieve_many([query], scope=scope, k_chunks=k_chunks, k_nodes=k_nodes,
+                                  min_relevance=min_relevance, exclude_sources=exclude_sources,
+                                  scope_margin=scope_margin)[0]
 
     def retrieve_many(self, queries: list[str], scope: list[str] | None = None, k_chunks: int = 3,
-                      k_nodes: int = 2) -> list[RetrievedContext]:
+                      k_nodes: int = 2, min_relevance: float = 0.0, exclude_sources: tuple[str, ...] = (),
+                      scope_margin: float = SCOPE_MARGIN) -> list[RetrievedContext]:
+        """Chunks and incident nodes per query, best first.
+
+        With a `scope` the documents filed under its tasks (or tagged with its names) answer, unless
+        the whole base holds something more relevant by more than `scope_margin`, or the scope holds
+        nothing above `min_relevance`: then the whole base answers (`scope == "whole base"`). Below
+        `min_relevance` everywhere, the context is empty and `matched` False. Documents in
+        `exclude_sources` are never returned (held-out evaluation).
+        """
         if not queries:
             return []
         st = self._state  # one consistent version for the whole call
         qv = self._embed(queries)
-        scope_set = frozenset(scope) if scope else None
-        chunk_hits = self._search_chunks(st, qv, scope_set, max(k_chunks, 5) if k_nodes else k_chunks)
+        tags = scope_tags(scope)
+        exclude = frozenset(exclude_sources)
         out = []
-        for qi, q in enumerate(queries):
-            hits = chunk_hits[qi]
-            nodes = self._rank_nodes(st, q, qv[qi], scope_set, hits, k_nodes) if k_nodes > 0 else []
-            out.append(RetrievedContext(chunks=[self._chunk_hit(st, i, s) for i, s in hits[:k_chunks]],
-                                        nodes=nodes, version=st.version))
+        for query, vec in zip(queries, qv):
+            everywhere = self._search(st, query, vec, None, k_chunks, k_nodes, min_relevance, exclude)
+            if tags is None:
+                out.append(everywhere)
+                continue
+            scoped = self._search(st, query, vec, tags, k_chunks, k_nodes, min_relevance, exclude)
+            better = (everywhere.best_score or 0.0) > (scoped.best_score or 0.0) + scope_margin
+            if scoped.matched and not better:
+                out.append(scoped)
+            else:
+                everywhere.scope = "whole base"
+                out.append(everywhere)
         return out
+
+    def _search(self, st: _State, query: str, vec: np.ndarray, tags: frozenset | None, k_chunks: int,
+                k_nodes: int, min_relevance: float, exclude: frozenset) -> RetrievedContext:
+        wanted = max(k_chunks, 5) if k_nodes else k_chunks
+        hits = self._search_chunks(st, vec, tags, wanted, exclude)
+        nodes = self._rank_nodes(st, query, vec, tags, hits, k_nodes, exclude) if k_nodes > 0 else []
+        if nodes:
+            best = nodes[0].score
+        elif k_nodes > 0 and st.nodes:
+            best = None  # the scope (or the exclusion) left no node at all
+        else:
+            best = hits[0][1] if hits else None
+        matched = best is not None and best >= min_relevance
+        if not matched:
+            nodes, hits = [], []
+        return RetrievedContext(chunks=[self._chunk_hit(st, i, sc) for i, sc in hits[:k_chunks]], nodes=nodes,
+                                version=st.version, matched=matched,
+                                best_score=round(best, 4) if best is not None else None,
+                                scope="unscoped" if tags is None else "scoped")
 
     def _embed(self, queries: list[str]) -> np.ndarray:
         """Query vectors; recent queries are cached (every expert retrieves for the same ticket)."""
@@ -200,53 +251,60 @@ class KnowledgeBase:
             out.append(v)
         return np.ascontiguousarray(np.stack(out), np.float32)
 
-    def _selector(self, st: _State, scope: frozenset):
-        key = (st.version, scope)
+    def _selector(self, st: _State, tags: frozenset):
+        key = (st.version, tags)
         sel = self._selectors.get(key)
         if sel is None:
             import faiss
 
-            allowed = np.array([i for i, t in enumerate(st.chunk_tags) if t & scope], dtype=np.int64)
+            allowed = np.array([i for i, t in enumerate(st.chunk_tags) if t & tags], dtype=np.int64)
             sel = (faiss.IDSelectorBatch(allowed) if len(allowed) else None, len(allowed))
             self._selectors[key] = sel
         return sel
 
-    def _search_chunks(self, st: _State, qv: np.ndarray, scope: frozenset | None, k: int):
+    def _search_chunks(self, st: _State, vec: np.ndarray, tags: frozenset | None, k: int,
+                       exclude: frozenset) -> list[tuple[int, float]]:
         index = st.chunk_index
         if k <= 0 or len(index) == 0:
-            return [[] for _ in range(len(qv))]
-        if scope is None:
-            scores, ids = index.search(qv, k)
+            return []
+        fetch = k + (8 if exclude else 0)
+        q = np.ascontiguousarray(vec[None, :], np.float32)
+        if tags is None:
+            scores, ids = index.search(q, min(fetch, len(index)))
         else:
             import faiss
 
-            sel, n_allowed = self._selector(st, scope)
+            sel, n_allowed = self._selector(st, tags)
             if sel is None:
-                return [[] for _ in range(len(qv))]
-            k = min(k, n_allowed)
-            scores, ids = index.index.search(np.ascontiguousarray(qv, np.float32), k,
-                                             params=faiss.SearchParameters(sel=sel))
-        return [[(int(i), float(s)) for i, s in zip(ids[r], scores[r]) if i >= 0] for r in range(len(qv))]
+                return []
+            scores, ids = index.index.search(q, min(fetch, n_allowed), params=faiss.SearchParameters(sel=sel))
+        hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        return [(i, s) for i, s in hits if st.chunks[i].source not in exclude][:k]
 
-    def _rank_nodes(self, st: _State, query: str, q: np.ndarray, scope: frozenset | None, chunk_hits,
-                    k: int) -> list[NodeHit]:
-        if not st.nodes:
-            return []
-        score = NAME_WEIGHT * (st.name_vecs @ q) + (1 - NAME_WEIGHT) * (st.desc_vecs @ q)
+    def node_scores(self, st: _State, query: str, vec: np.ndarray, chunk_hits) -> np.ndarray:
+        """Every node's score: dense name and description similarity, BM25, and two boosts (module doc)."""
+        dense = NAME_WEIGHT * (st.name_vecs @ vec) + (1 - NAME_WEIGHT) * (st.desc_vecs @ vec)
+        score = (1 - LEXICAL_WEIGHT) * dense + LEXICAL_WEIGHT * st.lexical.scores(query)
         for rank, (ci, _) in enumerate(chunk_hits[:5]):
             for ni in st.chunk_owner.get(st.chunks[ci].id, []):
                 score[ni] += CHUNK_EVIDENCE_BOOST / (1 + rank)
         if query:
-            for ni, name in st.camel_names:
-                if name in query:
-                    score[ni] += NAME_MENTION_BOOST
+            mentioned: set[int] = {ni for ni, name in st.camel_names if name in query}
             norm_q = " " + normalize_incident(query) + " "
-            for ni, key in st.keys:
-                if f" {key} " in norm_q:
-                    score[ni] += NAME_MENTION_BOOST
-        if scope is not None:
-            mask = np.array([bool(t & scope) for t in st.node_tags])
-            score = np.where(mask, score, -np.inf)
+            mentioned |= {ni for ni, key in st.keys if f" {key} " in norm_q}
+            for ni in mentioned:
+                score[ni] += NAME_MENTION_BOOST
+        return score
+
+    def _rank_nodes(self, st: _State, query: str, vec: np.ndarray, tags: frozenset | None, chunk_hits, k: int,
+                    exclude: frozenset) -> list[NodeHit]:
+        if not st.nodes:
+            return []
+        score = self.node_scores(st, query, vec, chunk_hits)
+        if tags is not None or exclude:
+            keep = np.array([(tags is None or bool(t & tags)) and not (exclude and exclude & set(n.sources))
+                             for t, n in zip(st.node_tags, st.nodes)])
+            score = np.where(keep, score, -np.inf)
         k = min(k, int(np.isfinite(score).sum()))
         if k <= 0:
             return []
@@ -262,11 +320,7 @@ class KnowledgeBase:
 
     @staticmethod
     def _node_hit(st: _State, i: int, score: float) -> NodeHit:
-        n = st.nodes[i]
-        return NodeHit(id=n.id, incident=n.incident, failure_description=n.failure_description,
-                       diagnosis_steps=list(n.diagnosis_steps), mitigation_steps=list(n.mitigation_steps),
-                       typical_cases=list(n.typical_cases), notes=n.notes, sources=list(n.sources),
-                       tags=list(n.tags), related=list(n.related), score=round(score, 4))
+        return NodeHit(**st.nodes[i].model_dump(), score=round(score, 4))
 
     # ---- lookups ---------------------------------------------------------------------------------
     def node(self, node_id: str) -> NodeHit | None:

@@ -32,9 +32,9 @@ import numpy as np
 from experts.knowledge.chunking import Chunk
 from experts.knowledge.documents import KnowledgeError
 from experts.knowledge.extract import RawNode
-from experts.knowledge.graph import IncidentNode
+from experts.knowledge.incident import IncidentNode
 
-FORMAT = 1
+FORMAT = 2
 POINTER = "current"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
@@ -185,6 +185,7 @@ class KnowledgeStore:
 CHUNK_COLUMNS = ("id", "source", "heading_path", "start", "end", "text", "tags")
 NODE_COLUMNS = ("id", "key", "incident", "failure_description", "diagnosis_steps", "mitigation_steps",
                 "typical_cases", "notes", "sources", "tags", "related", "aliases", "members", "references")
+JSON_NODE_COLUMNS = ("workflow",)
 
 
 def _chunk_schema():
@@ -202,7 +203,8 @@ def _node_schema():
     return pa.schema([("id", pa.string()), ("key", pa.string()), ("incident", pa.string()),
                       ("failure_description", pa.string()), ("diagnosis_steps", lst), ("mitigation_steps", lst),
                       ("typical_cases", lst), ("notes", pa.string()), ("sources", lst), ("tags", lst),
-                      ("related", lst), ("aliases", lst), ("members", lst), ("references", lst)])
+                      ("related", lst), ("aliases", lst), ("members", lst), ("references", lst),
+                      ("workflow", pa.string())])
 
 
 def write_version(folder: Path, data: VersionData) -> None:
@@ -216,7 +218,8 @@ def write_version(folder: Path, data: VersionData) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=_chunk_schema()), folder / "chunks.parquet")
     vecs = data.chunk_vectors if data.chunk_vectors is not None else np.zeros((0, dim), np.float32)
     DenseIndex(np.asarray(vecs, dtype=np.float32).reshape(-1, dim)).save(folder / "chunks.faiss")
-    nrows = [{k: getattr(n, k) for k in NODE_COLUMNS} for n in data.nodes]
+    nrows = [{**{k: getattr(n, k) for k in NODE_COLUMNS},
+              **{k: json.dumps(getattr(n, k), ensure_ascii=False) for k in JSON_NODE_COLUMNS}} for n in data.nodes]
     pq.write_table(pa.Table.from_pylist(nrows, schema=_node_schema()), folder / "nodes.parquet")
     for name, arr in (("nodes_name.npy", data.name_vectors), ("nodes_desc.npy", data.desc_vectors)):
         arr = arr if arr is not None else np.zeros((0, dim), np.float32)
@@ -236,7 +239,7 @@ def read_version(folder: Path, raw: bool = True) -> VersionData:
     chunks = [Chunk(**{k: r[k] for k in CHUNK_COLUMNS}) for r in crows]
     index = faiss.read_index(str(folder / "chunks.faiss"))
     vecs = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), np.float32)
-    nodes = [IncidentNode.from_dict(r) for r in pq.read_table(folder / "nodes.parquet").to_pylist()]
+    nodes = [_node(r) for r in pq.read_table(folder / "nodes.parquet").to_pylist()]
     data = VersionData(manifest=manifest, chunks=chunks, chunk_vectors=np.ascontiguousarray(vecs, np.float32),
                        nodes=nodes, name_vectors=np.load(folder / "nodes_name.npy"),
                        desc_vectors=np.load(folder / "nodes_desc.npy"))
@@ -244,6 +247,12 @@ def read_version(folder: Path, raw: bool = True) -> VersionData:
         blob = json.loads((folder / "raw_nodes.json").read_text(encoding="utf-8"))
         data.raw_nodes = {src: [RawNode.from_dict(r) for r in rs] for src, rs in blob.items()}
     return data
+
+
+def _node(row: dict) -> IncidentNode:
+    for k in JSON_NODE_COLUMNS:
+        row[k] = json.loads(row[k]) if row.get(k) else []
+    return IncidentNode.model_validate(row)
 
 
 # ---- per-document cache (resumable builds) -------------------------------------------------------

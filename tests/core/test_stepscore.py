@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from core.stepscore import StepScore, step_score, step_scores, workflow_steps
-from core.workflow import workflow_from_steps
+from core.workflow import linear_workflow, to_mermaid
 
 
 class FakeEmbedder:
@@ -60,12 +60,12 @@ def test_empty_generated_scores_zero_and_batch_embeds_once():
 
 
 def test_input_forms_parse_to_the_same_steps():
-    steps = ["Check the disk usage with df -h", "Is the disk more than 90% full?", "Delete old log files"]
-    mermaid = workflow_from_steps(steps).to_mermaid()
-    numbered = ("Workflow:\n1. Check the disk usage with df -h\n2. Is the disk more than 90% full?\n"
+    steps = ["Check the disk usage with df -h", "Check whether the disk is more than 90% full", "Delete old log files"]
+    mermaid = to_mermaid(linear_workflow(steps))
+    numbered = ("Workflow:\n1. Check the disk usage with df -h\n2. Check whether the disk is more than 90% full\n"
                 "3. Delete old log files")
-    bullets = "- Check the disk usage with df -h\n- Is the disk more than 90% full?\n- Delete old log files"
-    for form in (mermaid, numbered, bullets, steps, workflow_from_steps(steps)):
+    bullets = "- Check the disk usage with df -h\n- Check whether the disk is more than 90% full\n- Delete old log files"
+    for form in (mermaid, numbered, bullets, steps, linear_workflow(steps)):
         assert workflow_steps(form) == steps  # terminals of the Mermaid chart are not steps
     assert workflow_steps(["Check the logs", "check the logs!"]) == ["Check the logs"]  # a set
 
@@ -73,7 +73,7 @@ def test_input_forms_parse_to_the_same_steps():
 def test_identical_workflows_score_100_with_minilm():
     steps = ["Check the pod events with kubectl describe pod", "Read the previous container logs",
              "Roll back the deployment"]
-    s = step_score(workflow_from_steps(steps).to_mermaid(), steps)
+    s = step_score(to_mermaid(linear_workflow(steps)), steps)
     assert s.precision == pytest.approx(100, abs=1e-3) and s.recall == pytest.approx(100, abs=1e-3)
     assert s.f1 == pytest.approx(100, abs=1e-3)
     partial = step_score(steps[:1], steps)

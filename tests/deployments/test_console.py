@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from core.auth_config import AuthConfig, ConsoleConfig
-from core.workflow import Edge, Step, StepKind, Workflow, parse_mermaid
+from core.workflow import Edge, Step, StepKind, Workflow, parse_mermaid, to_mermaid
 from deployments import auth, console
 
 HOSTILE = [
@@ -108,7 +108,7 @@ def _hostile_workflow() -> Workflow:
 
 
 def test_mermaid_labels_are_entity_escaped_server_side():
-    text = _hostile_workflow().to_mermaid()
+    text = to_mermaid(_hostile_workflow())
     lines = text.splitlines()
     assert lines[0] == "flowchart TD"
     for ln in lines[1:]:
@@ -121,7 +121,7 @@ def test_mermaid_labels_are_entity_escaped_server_side():
     # One node per step and the edges we wrote: the injection attempts did not add structure.
     parsed = parse_mermaid(text)
     assert [s.id for s in parsed.steps] == [f"S{i + 1}" for i in range(len(HOSTILE))] + ["T1"]
-    assert len(parsed.edges) == len(HOSTILE)
+    assert len(parsed.edges()) == len(HOSTILE)
 
 
 def test_terminal_rendering_boxes_branches_and_no_escape_sequences():
@@ -134,20 +134,20 @@ def test_terminal_rendering_boxes_branches_and_no_escape_sequences():
                          Step(id="T2", kind=StepKind.terminal, text="Escalate to storage team")],
                   edges=[Edge(source="S1", target="S2"), Edge(source="S2", target="S3", label="Yes"),
                          Edge(source="S2", target="T2", label="No"), Edge(source="S3", target="T1")])
-    out = render_workflow([s.model_dump(mode="json") for s in wf.steps], [e.model_dump() for e in wf.edges],
+    out = render_workflow([s.model_dump(mode="json") for s in wf.steps], [e.model_dump() for e in wf.edges()],
                           width=70, unicode=True)
     assert "┌" in out and "◆" in out and "╭" in out
     assert " 1 Check disk usage" in out and "├─ Yes ─▶ 3" in out and "└─ No ─▶ 5" in out
     assert "▼" in out  # straight-on flow is drawn as an arrow
     assert "\x1b" not in out
     assert all(len(line) <= 70 for line in out.splitlines())
-    ascii_out = render_workflow([s.model_dump(mode="json") for s in wf.steps], [e.model_dump() for e in wf.edges],
+    ascii_out = render_workflow([s.model_dump(mode="json") for s in wf.steps], [e.model_dump() for e in wf.edges()],
                                 width=60, unicode=False)
     assert ascii_out.isascii() and "|- Yes -> 3" in ascii_out
     result = {"ticket_id": "t\x1b]0;pwned\x07", "task": "storage", "confidence": 0.9, "decision_path": "retrieval",
               "expert": "gemma3-infra", "map_version": "starter-1", "best_index": 0,
-              "workflow": {"mermaid": wf.to_mermaid(), "steps": [s.model_dump(mode="json") for s in wf.steps],
-                           "edges": [e.model_dump() for e in wf.edges]},
+              "workflow": {"mermaid": to_mermaid(wf), "steps": [s.model_dump(mode="json") for s in wf.steps],
+                           "edges": [e.model_dump() for e in wf.edges()]},
               "candidates": [{"scores": {"relevance": 4, "coverage": 3, "accuracy": 4, "coherence": 5,
                                          "conciseness": 3, "overall": 3.8}}],
               "context_ids": ["n-disk-full"], "timings_ms": {"total": 1234.5}}

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from core.paths import REPO_ROOT
-from core.workflow import Edge, Step, StepKind, Workflow
+from core.workflow import Edge, Step, StepKind, Workflow, to_mermaid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
@@ -121,6 +121,13 @@ def test_submit_see_flowchart_accept_and_feedback_is_stored(console_ready, brows
         assert all(1 <= float(s) <= 5 for s in scores), scores
         assert page.query_selector_all("#context-ids li") and page.query_selector_all("#examples tbody tr")
         assert page.query_selector_all("#chart svg g.node"), "the flowchart has no nodes"
+        # The workflow branches: mermaid.js draws the decision as a diamond (a polygon), with its Yes and No.
+        assert page.query_selector("#chart svg g.node polygon"), "no decision diamond in the flowchart"
+        edge_labels = page.evaluate("() => Array.from(document.querySelectorAll('#chart svg .edgeLabel'))"
+                                    ".map(n => n.textContent.trim())")
+        assert "Yes" in edge_labels and "No" in edge_labels, edge_labels
+        # Grounded in the storage runbook, not an unrelated one, and the answer says so.
+        assert "Filesystem full" in facts.get("knowledge", ""), facts
         page.screenshot(path=str(ARTIFACTS / "ticket.png"), full_page=True)
 
         page.fill("#feedback-comment", "worked on db-01")
@@ -184,7 +191,7 @@ def _hostile_result(ticket_id="hostile-model-1"):
              Edge(source="S2", target="T2", label="No"), Edge(source="S3", target="S4"),
              Edge(source="S4", target="S5"), Edge(source="S5", target="S6"), Edge(source="S6", target="T1")]
     wf = Workflow(steps=steps, edges=edges)
-    out = {"mermaid": wf.to_mermaid(), "steps": [s.model_dump(mode="json") for s in steps],
+    out = {"mermaid": to_mermaid(wf), "steps": [s.model_dump(mode="json") for s in steps],
            "edges": [e.model_dump() for e in edges]}
     scores = {"relevance": 4.0, "coverage": 3.5, "accuracy": 3.0, "coherence": 4.5, "conciseness": 2.5, "overall": 3.5}
     xss = '<img src=x onerror="window.__pwned=9">'

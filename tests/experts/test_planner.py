@@ -1,85 +1,127 @@
-from types import SimpleNamespace as NS
+import pytest
 
 from core.config import ModelSpec, PlannerConfig
-from core.workflow import StepKind, parse_mermaid
+from core.schemas import PlanRequest
+from core.workflow import StepKind, parse_mermaid, to_mermaid
+from experts.engines.base import Generation
+from experts.knowledge.incident import NodeHit
+from experts.knowledge.retrieve import ChunkHit, RetrievedContext
+from experts.knowledge.workflows import reference_workflow
 from experts.planner import Planner
 from experts.prompts import format_context
 
-NODE = NS(incident="Disk full", failure_description="A filesystem is above 90% and writes fail.",
-          diagnosis_steps=["Check usage with df -h", "Is the growth from logs?"],
-          mitigation_steps=["Rotate logs with logrotate -f", "Extend the volume"])
-CONTEXT = NS(nodes=[NODE], chunks=[NS(source="storage/disk-full.md", text="Disks fill up when ...")],
-             ids=lambda: ["chunk-1", "node-1"])
+WF = reference_workflow(["Check usage with df -h", "If the growth is from logs, rotate logs with logrotate -f"],
+                        ["Extend the volume"], "A filesystem is above 90% and writes fail.", source="n-disk")
+NODE = NodeHit(id="n-disk", key="disk full", incident="Disk full", score=0.9,
+               failure_description="A filesystem is above 90% and writes fail.",
+               diagnosis_steps=["Check usage with df -h", "If the growth is from logs, rotate logs with logrotate -f"],
+               mitigation_steps=["Extend the volume"], members=["storage/disk-full.md#0"],
+               workflow=[s.model_dump(mode="json", exclude_none=True) for s in WF.steps])
+CONTEXT = RetrievedContext(nodes=[NODE], chunks=[ChunkHit(id="c-1", source="storage/disk-full.md", score=0.7,
+                                                          text="Disks fill up when logs are not rotated.")])
+GOOD = ("1. Check usage with df -h\n2. Is the growth from logs? yes 3, no 4\n3. [change] Rotate logs with logrotate -f\n"
+        "4. [end] Resolved")
 
 
 class FixedRetriever:
-    def __init__(self):
+    def __init__(self, context=CONTEXT):
+        self.calls = []
+        self.context = context
+
+    def retrieve(self, query, scope=None, k_chunks=3, k_nodes=2, min_relevance=0.0, exclude_sources=()):
+        self.calls.append((query, scope, k_chunks, k_nodes, min_relevance, exclude_sources))
+        return self.context
+
+
+class ScriptedEngine:
+    """Answers every prompt with the scripted texts; `finished` says which ones ended on their own."""
+
+    def __init__(self, texts, finished=None):
+        self.texts, self.finished = texts, finished
         self.calls = []
 
-    def retrieve(self, query, scope=None, k_chunks=3, k_nodes=2):
-        self.calls.append((query, scope, k_chunks, k_nodes))
-        return CONTEXT
+    def format_prompt(self, system, user, assistant_prefix=""):
+        return f"{system}\n{user}\n{assistant_prefix}"
+
+    def generate(self, prompts, params):
+        self.calls.append((prompts, params))
+        n = params.n
+        texts = [self.texts[j % len(self.texts)] for j in range(n)]
+        finished = [self.finished[j % len(self.finished)] for j in range(n)] if self.finished else [True] * n
+        return [Generation(texts=texts, tokens=[40] * n, finished=finished) for _ in prompts]
 
 
-def _planner(engine, retriever=None, scope=(), **cfg):
+def _planner(engine, retriever=None, scope=(), relevance=0.0, **cfg):
     spec = ModelSpec(name="x", base="smollm2-135m-instruct", knowledge_scope=list(scope))
-    return Planner(spec, engine, PlannerConfig(**cfg), retriever)
+    return Planner(spec, engine, PlannerConfig(**cfg), retriever, min_relevance=relevance)
 
 
-def test_candidates_are_parsed_workflows(fake_engine_cls):
-    engine = fake_engine_cls(texts=[" Check disk usage with df -h\n2. Is usage above 90%?\n3. Rotate logs\n",
-                                    " just some prose without steps",
-                                    " Check the volume\n2. Extend the volume by 20 GB"])
+def test_candidates_are_typed_workflows_written_under_the_grammar():
+    engine = ScriptedEngine([GOOD])
     retriever = FixedRetriever()
-    [plan] = _planner(engine, retriever, scope=["storage"], candidates=3).plan(["db-01 disk 97%"], seed=1)
-    assert plan.dropped == 1 and len(plan.candidates) == 2
-    assert plan.context_ids == ["chunk-1", "node-1"]
-    assert retriever.calls == [("db-01 disk 97%", ["storage"], 3, 2)]
-    for c in plan.candidates:
-        assert c.origin == "model"
-        parse_mermaid(c.workflow.to_mermaid())
-    kinds = [s.kind for s in plan.candidates[0].workflow.steps]
-    assert StepKind.decision in kinds and kinds[-1] == StepKind.terminal
-    prompts, params = engine.calls[0][1]
-    assert params.n == 3 and params.temperature > 0 and params.seed == 1
-    assert "Steps:\n1. Check usage with df -h" in prompts[0] and "Ticket: db-01 disk 97%" in prompts[0]
+    [plan] = _planner(engine, retriever, scope=["storage"], candidates=3, context_chunks=1, context_nodes=1,
+                      relevance=0.4).plan([PlanRequest(ticket="db-01 disk 97%", n=3, seed=1)])
+    assert plan.dropped == 0 and len(plan.candidates) == 3
+    assert retriever.calls == [("db-01 disk 97%", ["storage"], 1, 1, 0.4, ())]
+    prompts, params = engine.calls[0]
+    assert params.grammar and params.grammar.startswith("root ::=") and not params.stop
+    assert params.n == 3 and params.greedy_first and params.temperature > 0 and params.seed == 1
+    assert [c.decoding for c in plan.candidates] == ["greedy", "sampled", "sampled"]
+    wf = plan.candidates[0].workflow
+    assert wf.branching_decisions() == 1 and wf.steps[2].action.value == "change"
+    assert wf.steps[0].source == "n-disk"  # the step came from the shown incident
+    parse_mermaid(to_mermaid(wf))
+    assert plan.knowledge.status == "matched" and plan.context_ids == ["n-disk", "c-1"]
+    assert plan.scoring.reference_steps == WF.action_steps()
+    assert "Workflow:\n1. Check usage with df -h" in prompts[0] and "Ticket: db-01 disk 97%" in prompts[0]
 
 
-def test_knowledge_candidate_when_every_sample_fails(fake_engine_cls):
-    engine = fake_engine_cls(texts=[" I cannot help with that."])
-    [plan] = _planner(engine, FixedRetriever(), candidates=2).plan(["disk full"])
-    assert plan.dropped == 2
-    [cand] = plan.candidates
-    assert cand.origin == "knowledge-base"
-    assert cand.workflow.action_steps()[:2] == ["Check usage with df -h", "Is the growth from logs?"]
-
-
-def test_no_candidates_without_knowledge(fake_engine_cls):
-    [plan] = _planner(fake_engine_cls(texts=[" nothing"]), None, candidates=1).plan(["disk full"])
+def test_a_candidate_cut_by_the_budget_is_closed_not_dropped():
+    cut = "1. Check usage with df -h\n2. Is the growth from logs? yes 3, no 4\n3. [change] Rotate lo"
+    [plan] = _planner(ScriptedEngine([GOOD, cut], finished=[True, False]), FixedRetriever()).plan(
+        [PlanRequest(ticket="disk full", n=2)])
+    assert plan.dropped == 0
+    closed = plan.candidates[1]
+    assert closed.closed_early and closed.workflow.steps[-1].kind == StepKind.terminal
+    first_step_only = ScriptedEngine(["1. Check the us"], finished=[False])
+    [plan] = _planner(first_step_only, FixedRetriever()).plan([PlanRequest(ticket="disk full", n=1)])
     assert plan.candidates == [] and plan.dropped == 1
 
 
-def test_best_of_one_is_greedy(fake_engine_cls):
-    engine = fake_engine_cls()
-    _planner(engine, None, candidates=4).plan(["t"], n=1)
-    assert engine.calls[0][1][1].temperature == 0.0
+def test_none_matched_shows_no_runbook_and_says_so():
+    none = RetrievedContext(matched=False, best_score=0.12)
+    engine = ScriptedEngine([GOOD])
+    [plan] = _planner(engine, FixedRetriever(none), relevance=0.5).plan([PlanRequest(ticket="printer jam", n=1)])
+    assert plan.knowledge.status == "none matched" and plan.knowledge.items == []
+    assert plan.knowledge.best_score == 0.12 and plan.scoring.reference_steps == []
+    prompt = engine.calls[0][0][0]
+    assert "No runbook matched this ticket" in prompt and "Reference knowledge" not in prompt
+    [plan] = _planner(engine, None).plan([PlanRequest(ticket="printer jam", n=1)])
+    assert plan.knowledge.status == "no knowledge base"
 
 
-def test_context_puts_best_node_last_with_numbered_steps():
-    other = NS(incident="Inode exhaustion", failure_description="", diagnosis_steps=["Run df -i"],
-               mitigation_steps=[])
-    text = format_context(NS(nodes=[NODE, other], chunks=[]))
+def test_best_of_one_is_greedy():
+    engine = ScriptedEngine([GOOD])
+    _planner(engine, None, candidates=4).plan([PlanRequest(ticket="t", n=1)])
+    params = engine.calls[0][1]
+    assert params.temperature == 0.0 and params.n == 1
+
+
+def test_context_shows_reference_workflows_best_last_never_cut():
+    other = NODE.model_copy(update={"id": "n-inode", "incident": "Inode exhaustion", "workflow": [],
+                                    "failure_description": "x " * 400})
+    text = format_context(RetrievedContext(nodes=[NODE, other]))
     assert text.index("Inode exhaustion") < text.index("Disk full")
-    assert "1. Check usage with df -h\n2. Is the growth from logs?\n3. Rotate logs" in text
+    assert "Workflow:\n1. Check usage with df -h\n2. Is the growth from logs? yes 3, no 4" in text
+    assert "…" not in text
 
 
-def test_real_planner_grounds_in_retrieved_steps(smollm2):
-    """SmolLM2 copies the retrieved runbook steps into a valid workflow."""
+@pytest.mark.model
+def test_real_planner_copies_the_reference_workflow_with_its_branches(smollm2):
     from core.stepscore import step_score
 
-    planner = _planner(smollm2, FixedRetriever(), candidates=1, max_new_tokens=96)
-    [plan] = planner.plan(["db-01 disk at 97%, postgres failing writes"])
+    planner = _planner(smollm2, FixedRetriever(), candidates=1, context_chunks=1, context_nodes=1)
+    [plan] = planner.plan([PlanRequest(ticket="db-01 disk at 97%, postgres failing writes", n=1)])
     [cand] = plan.candidates
-    parse_mermaid(cand.workflow.to_mermaid())
-    reference = NODE.diagnosis_steps + NODE.mitigation_steps
-    assert step_score(cand.workflow.action_steps(), reference).f1 > 60
+    assert cand.workflow.branching_decisions() >= 1
+    assert step_score(cand.workflow.action_steps(), WF.action_steps()).f1 > 60

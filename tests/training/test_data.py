@@ -8,7 +8,7 @@ import pytest
 
 from core.config import DIMENSIONS
 from core.training_config import ScorerDPOConfig
-from core.workflow import workflow_from_steps
+from core.workflow import linear_workflow, to_mermaid
 from experts.knowledge.retrieve import ChunkHit, NodeHit, RetrievedContext
 from leaderboard.workflow_cases import WorkflowCase
 from training.data import (FeedbackItem, feedback_queries, read_feedback, read_query_file, reversed_context,
@@ -52,9 +52,9 @@ def test_feedback_comes_from_the_ticket_store(tmp_path):
     from deployments.ticket_store import TicketStore
 
     store = TicketStore(tmp_path / "tickets.sqlite")
-    wf = workflow_from_steps(["Check disk usage with df", "Delete old images", "Verify usage"])
+    wf = linear_workflow(["Check disk usage with df", "Delete old images", "Verify usage"])
     result = {"expert": "smollm2-generalist", "best_index": 0,
-              "candidates": [{"workflow": {"mermaid": wf.to_mermaid(), **wf.model_dump(mode="json")}}]}
+              "candidates": [{"workflow": {"mermaid": to_mermaid(wf), **wf.model_dump(mode="json"), "edges": [e.model_dump() for e in wf.edges()]}}]}
     for tid, verdict in (("t1", "accept"), ("t2", "reject"), ("t3", "accept")):
         store.accept(tid, {"title": f"Disk full {tid}", "description": "node-3 at 95%"}, {})
         store.complete(tid, result)
@@ -82,7 +82,7 @@ def test_query_files(tmp_path):
 
 
 def _wf(*steps):
-    return workflow_from_steps(list(steps))
+    return linear_workflow(list(steps))
 
 
 def test_preference_rows_drop_pairs_the_scorer_contradicts(fake_engine_cls):

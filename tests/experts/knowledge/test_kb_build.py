@@ -54,12 +54,19 @@ def test_build_writes_a_version_and_retrieves_the_dns_runbook_first(docs_dir, tm
     disk = kb.retrieve("No space left on device, df shows / at 100%", k_nodes=1).nodes[0]
     assert disk.incident == "Filesystem full" and top.id in disk.related
 
-    # scope filters chunks and nodes by tag; an unknown tag retrieves nothing
-    scoped = kb.retrieve("Build agents cannot resolve internal hostnames", scope=["storage"])
-    assert scoped.nodes and all(n.tags == ["storage"] for n in scoped.nodes)
+    # a scope answers from its own documents ...
+    scoped = kb.retrieve("No space left on device, df shows / at 100%", scope=["storage"])
+    assert scoped.scope == "scoped" and scoped.nodes and all(n.tags == ["storage"] for n in scoped.nodes)
     assert scoped.chunks and all(c.tags == ["storage"] for c in scoped.chunks)
-    assert kb.retrieve("dns", scope=["nope"]).nodes == []
-    assert kb.retrieve("dns", scope=[]).nodes  # empty scope = whole base
+    # ... unless the whole base holds the ticket's runbook and the scope does not: then it says so
+    dns = kb.retrieve("Build agents cannot resolve internal hostnames", scope=["storage"])
+    assert dns.scope == "whole base" and dns.nodes[0].incident == "DNS resolution failures"
+    nowhere = kb.retrieve("dns", scope=["nope"])
+    assert nowhere.scope == "whole base" and nowhere.nodes
+    assert kb.retrieve("dns", scope=[]).scope == "unscoped"  # empty scope = whole base
+    # below the relevance threshold nothing is returned and the context says none matched
+    none = kb.retrieve("please order a new office chair for reception", min_relevance=0.5)
+    assert not none.matched and none.nodes == [] and none.chunks == [] and none.best_score < 0.5
 
     many = kb.retrieve_many(["pod keeps restarting, CrashLoopBackOff", "dig returns SERVFAIL"], k_chunks=1, k_nodes=1)
     assert [c.nodes[0].incident for c in many] == ["Pod in CrashLoopBackOff", "DNS resolution failures"]
