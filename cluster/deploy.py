@@ -16,8 +16,8 @@ import json
 import logging
 import time
 
-from core.config import FlowRouterConfig, ModelSpec
 from cluster.local import deployed_file, pid_file, save_deployed
+from core.config import FlowRouterConfig, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +79,9 @@ def _connect(address: str) -> bool:
         if here != address:
             raise DeployError(f"this process is already connected to Ray at {here}, not the service's {address}")
         return False
-    # Ray 2.60 starts local clusters with token authentication and turns it on by itself only for drivers
-    # that find a local cluster automatically; a driver given the address must opt in (when RAY_AUTH_MODE
-    # is unset: token mode if Ray's token store has a token, as Ray does for an auto-detected cluster).
-    try:
-        from ray._private.authentication.authentication_token_setup import \
-            maybe_enable_token_auth_if_token_available
-    except ImportError:  # a Ray without token authentication
-        maybe_enable_token_auth_if_token_available = None
-    if maybe_enable_token_auth_if_token_available is not None:
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    # Nodes started on 127.0.0.1 register under that address; the driver must say so too (see cluster/local.py).
-    loopback = address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
-    ray.init(address=address, namespace="flowrouter", log_to_driver=False,
-             **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
+    from cluster.ray_connect import connect_ray
+
+    connect_ray(address, "flowrouter")
     return True
 
 

@@ -289,7 +289,7 @@ def _resolve(base: Path, value: str | None) -> str | None:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _resolve_paths(raw: dict, base: Path) -> dict:
+def resolve_paths(raw: dict, base: Path) -> dict:
     tasks = raw.get("tasks") or {}
     if isinstance(tasks, dict):
         if "tasks" in tasks:
@@ -341,7 +341,7 @@ def load_config(path: str | Path | None = None) -> FlowRouterConfig:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
-    raw = _resolve_paths(raw, path.resolve().parent)
+    raw = resolve_paths(raw, path.resolve().parent)
     try:
         cfg = FlowRouterConfig.model_validate(raw)
     except Exception as exc:  # pydantic.ValidationError: keep its field-by-field message
@@ -361,7 +361,7 @@ def load_model_spec(path: str | Path) -> ModelSpec:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping")
-    raw = _resolve_paths({"experts": [raw]}, path.resolve().parent)["experts"][0]
+    raw = resolve_paths({"experts": [raw]}, path.resolve().parent)["experts"][0]
     try:
         return ModelSpec.model_validate(raw)
     except Exception as exc:

@@ -90,7 +90,7 @@ class DenseIndex:
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: str | Path) -> "DenseIndex":
+    def load(cls, path: str | Path) -> DenseIndex:
         import faiss
 
         obj = cls.__new__(cls)

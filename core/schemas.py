@@ -71,7 +71,7 @@ class WorkflowOut(BaseModel):
     edges: list[Edge] = Field(description="The same transitions as edges (derived from the steps).")
 
     @classmethod
-    def of(cls, workflow: Workflow) -> "WorkflowOut":
+    def of(cls, workflow: Workflow) -> WorkflowOut:
         return cls(mermaid=to_mermaid(workflow), steps=workflow.steps, edges=workflow.edges())
 
 
@@ -95,7 +95,7 @@ class ClassifyRequest(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    classification: "Classification"
+    classification: Classification
     compute_ms: float = Field(description="Wall time of the batch this request ran in.")
     batch_size: int
 

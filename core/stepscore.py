@@ -15,7 +15,8 @@ An empty generated (or reference) workflow scores 0.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Protocol, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Protocol, Union
 
 import numpy as np
 from pydantic import BaseModel, Field

@@ -39,7 +39,7 @@ class TaskMap(BaseModel):
             return self.fallback
         return self.routes.get(task, self.fallback)
 
-    def check(self, tasks: list[str], experts: list[str]) -> "TaskMap":
+    def check(self, tasks: list[str], experts: list[str]) -> TaskMap:
         """Raise MapError unless every task is routed and every named expert is deployed."""
         problems = []
         missing = [t for t in tasks if t not in self.routes]
@@ -56,7 +56,7 @@ class TaskMap(BaseModel):
         return self
 
     @classmethod
-    def load(cls, path: str | Path) -> "TaskMap":
+    def load(cls, path: str | Path) -> TaskMap:
         path = Path(path)
         try:
             raw = yaml.safe_load(path.read_text())

@@ -20,8 +20,8 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
 
 
 class Overloaded(Exception):

@@ -8,8 +8,8 @@ import time
 from ray import serve
 
 from core.config import FlowRouterConfig
-from core.schemas import ClassifyRequest, ClassifyResponse
 from core.embeddings import shared_embedder
+from core.schemas import ClassifyRequest, ClassifyResponse
 from experts.engines.registry import build_engine
 from router.classifier import TaskClassifier
 from router.examples import ExampleIndex, load_examples, load_tasks

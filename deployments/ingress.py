@@ -24,8 +24,16 @@ from ray import serve
 
 from core.config import FlowRouterConfig
 from core.schemas import (
-    Candidate, ClassifyRequest, ClassifyResponse, PlanRequest, PlanResponse, ScoreRequest, ScoreResponse, Ticket,
-    TicketResult, WorkflowOut,
+    Candidate,
+    ClassifyRequest,
+    ClassifyResponse,
+    PlanRequest,
+    PlanResponse,
+    ScoreRequest,
+    ScoreResponse,
+    Ticket,
+    TicketResult,
+    WorkflowOut,
 )
 from core.task_map import MapError, TaskMap
 from deployments import auth, console

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from core.config import FloodConfig, ModelSpec, ServeConfig
+from core.threads import thread_env
 
 
 def model_deployment_options(spec: ModelSpec, name: str) -> dict:
@@ -43,12 +44,6 @@ def ingress_options(serve: ServeConfig, flood: FloodConfig | None = None) -> dic
         "graceful_shutdown_timeout_s": max(60.0, float(serve.request_timeout_s or 600)),
         "ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": thread_env(1)}},
     }
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    n = str(threads)
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def total_cpus(specs: list[ModelSpec], serve: ServeConfig) -> float:

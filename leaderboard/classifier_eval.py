@@ -72,8 +72,14 @@ def _subset(items: list[LabeledQuery], n: int | None, seed: int) -> list[Labeled
 
 def load_eval_data(dataset: str, split: str = "test", limit: int | None = None, train_limit: int | None = None,
                    test_fraction: float = 0.2, seed: int = 0) -> EvalData:
-    from router.importers import IT_TICKET_TASKS, OWL_DESCRIPTIONS, OWL_TASKS, import_it_tickets, \
-        import_owl_bench, split_labeled
+    from router.importers import (
+        IT_TICKET_TASKS,
+        OWL_DESCRIPTIONS,
+        OWL_TASKS,
+        import_it_tickets,
+        import_owl_bench,
+        split_labeled,
+    )
 
     if dataset == "owl-bench":
         queries = import_owl_bench()
@@ -126,7 +132,7 @@ class CachedEmbedder:
 
         self.embedder, self.dim, self.progress = embedder, embedder.dim, progress
         self.path = Path(path) if path else cache_dir() / "classifier-eval" / "embeddings.npz"
-        self.vectors: dict[str, "np.ndarray"] = {}
+        self.vectors: dict[str, np.ndarray] = {}
         if self.path.exists():
             with np.load(self.path) as z:
                 self.vectors = dict(zip(z["keys"].tolist(), z["vectors"]))
@@ -144,7 +150,7 @@ class CachedEmbedder:
         keys = [self._key(t) for t in texts]
         todo = list(dict.fromkeys(k for k in keys if k not in self.vectors))
         if todo:
-            first = {k: t for k, t in zip(keys, texts)}
+            first = dict(zip(keys, texts))
             # Tens of thousands of training texts take minutes on a CPU: show the encoder's progress bar.
             kw.setdefault("progress", self.progress and len(todo) > 512)
             for k, v in zip(todo, self.embedder.encode([first[k] for k in todo], **kw)):

@@ -14,9 +14,9 @@ with no evaluation items are routed to the fallback. The map's `scores` holds th
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
-import datetime as dt
 from dataclasses import dataclass, field
 
 from core.schemas import UNKNOWN

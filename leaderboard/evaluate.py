@@ -21,13 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
 
 from core.config import ModelSpec
 from experts.engines.base import Engine, SamplingParams
-from leaderboard.metrics import choose_letters, classification_report, cosine_scores, mc_correct, \
-    workflow_scores
+from leaderboard.metrics import choose_letters, classification_report, cosine_scores, mc_correct, workflow_scores
 from leaderboard.tasksets import FreeTextItem, MCItem, WorkflowItem
 
 PlanFn = Callable[[str], list[str]]

@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from core.schemas import UNKNOWN
 
@@ -106,7 +106,7 @@ def parse_mc_output(text: str, letters: Iterable[str] = "ABCD") -> list[str]:
 
 # ---- free text -------------------------------------------------------------------------------
 def cosine_scores(predictions: Sequence[str], references: Sequence[str],
-                  encode: Callable[[list[str]], "object"] | None = None) -> list[float]:
+                  encode: Callable[[list[str]], object] | None = None) -> list[float]:
     """Cosine similarity per (prediction, reference) pair, clipped to [0, 1]; an empty prediction
     scores 0. `encode(texts) -> array of L2-normalised rows` defaults to the shared MiniLM."""
     if len(predictions) != len(references):

@@ -17,16 +17,15 @@ import csv
 import gc
 import json
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from core.config import ModelSpec
 from core.task_map import MapError, TaskMap
 from experts.engines.base import Engine
-from leaderboard.derive import MapDiff, ScoreMatrix, averages, content_hash, derive_map, diff_maps, \
-    matrix_from_rows
+from leaderboard.derive import MapDiff, ScoreMatrix, averages, content_hash, derive_map, diff_maps, matrix_from_rows
 from leaderboard.evaluate import EvalSettings, ItemResult, PlanFn, SimilarityFn, evaluate_items, sample_items
 from leaderboard.results import ResultStore, read_manifest, utc_now, write_manifest
 from leaderboard.tasksets import TaskSet, WorkflowItem
@@ -94,8 +93,14 @@ class AddModelResult:
 def _progress(enabled: bool):
     if not enabled:
         return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())

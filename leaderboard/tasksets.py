@@ -30,8 +30,9 @@ import json
 import logging
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
@@ -45,8 +46,8 @@ from router.importers import (
     import_it_tickets,
     load_labeled,
     owl_options,
+    read_rows,
     split_labeled,
-    _rows,
 )
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class TaskSet(BaseModel):
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "TaskSet":
+    def load(cls, directory: str | Path) -> TaskSet:
         d = Path(directory)
         head_path = d / "taskset.yaml"
         if not head_path.exists():
@@ -467,7 +468,7 @@ def from_owl_bench(path: str | Path | None = None, holdout_fraction: float = 0.2
     items, queries, skipped = [], [], 0
     present: set[str] = set()
     seen: set[str] = set()
-    for n, row in _rows(p):
+    for n, row in read_rows(p):
         category = (row.get("category") or "").strip()
         question = (row.get("question") or "").strip()
         if not category or not question:
@@ -528,7 +529,7 @@ def workflow_items(cases: Iterable, task: str | Callable[[Any], str | None]) -> 
         t = task(c) if callable(task) else task
         if t is None:
             continue
-        steps = [str(s).strip() for s in getattr(c, "reference_steps") if str(s).strip()]
+        steps = [str(s).strip() for s in c.reference_steps if str(s).strip()]
         if not steps or not str(c.query).strip():
             continue
         out.append(WorkflowItem(id=str(c.id), task=t, query=str(c.query), reference_steps=steps,
@@ -580,7 +581,7 @@ def from_starter(directory: str | Path | None = None, cases: Iterable | None = N
     holdout = []
     tickets = d / "tickets.jsonl"
     if tickets.exists():
-        for n, row in _rows(tickets):
+        for n, row in read_rows(tickets):
             task = row.get("expected_task") or row.get("task")
             text = f"{row.get('title', '')}\n{row.get('description', '')}".strip()
             if task and text and task != UNKNOWN:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from core.config import FlowRouterConfig, ModelSpec
 from core.schemas import PlanRequest

@@ -70,7 +70,7 @@ class LabeledDataError(ValueError):
     """A labeled-query file that cannot be read (missing file or column, duplicate ids, bad row)."""
 
 
-def _rows(path: Path) -> list[tuple[int, dict]]:
+def read_rows(path: Path) -> list[tuple[int, dict]]:
     """(line/row number, mapping) for every record of a JSONL, JSON-array, CSV or TSV file."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -115,7 +115,7 @@ def load_labeled(
     path = Path(path)
     if not path.exists():
         raise LabeledDataError(f"labeled queries not found: {path}")
-    rows = _rows(path)
+    rows = read_rows(path)
     if rows:
         first = rows[0][1]
         missing = [c for c in (text_col, task_col) if c not in first]
@@ -161,7 +161,7 @@ def import_it_tickets(path: str | Path | None = None, limit: int | None = None) 
     subsets."""
     p = _shared(path, "it-service-tickets/tickets.dev.csv")
     out: list[LabeledQuery] = []
-    for n, row in _rows(p):
+    for n, row in read_rows(p):
         text = (row.get("Document") or "").strip()
         label = (row.get("Topic_group") or "").strip()
         if not text or not label:
@@ -184,7 +184,7 @@ def import_owl_bench(path: str | Path | None = None, with_options: bool = False)
     p = _shared(path, "owl-bench/mc_ops_domains.dev.csv")
     out: list[LabeledQuery] = []
     seen: set[str] = set()
-    for n, row in _rows(p):
+    for n, row in read_rows(p):
         question = (row.get("question") or "").strip()
         category = (row.get("category") or "").strip()
         if not question or not category:
@@ -225,7 +225,7 @@ def split_labeled(
     for q in items:
         by_task[q.task].append(q)
     test_ids: set[str] = set()
-    for task, group in by_task.items():
+    for _task, group in by_task.items():
         n = len(group)
         k = round(n * test_fraction)
         if 0 < test_fraction < 1 and n >= 2:

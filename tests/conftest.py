@@ -65,7 +65,8 @@ def embedder():
     return shared_embedder()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback right now (the one helper every test that serves uses)."""
     import socket
 
     with socket.socket() as s:
@@ -74,14 +75,20 @@ def _free_port() -> int:
 
 
 class Service:
-    """The real FlowRouter service, started through `flowrouter serve` as the README does."""
+    """A real FlowRouter service, started through `flowrouter serve` as the README does."""
 
     def __init__(self, url: str, config_path, cfg, keys: dict | None = None):
         self.url, self.config_path, self.cfg = url, config_path, cfg
-        # The service runs with API keys (auth.mode: keys); post/get send the admin key unless a test
-        # passes its own Authorization header. keys: role name -> plain key (see deployments/auth.py).
+        # With access control on, post/get send the admin key unless a test passes its own Authorization
+        # header. keys: role name -> plain key (see deployments/auth.py).
         self.keys = keys or {}
         self.headers = {"Authorization": f"Bearer {self.keys['admin']}"} if "admin" in self.keys else {}
+
+    @property
+    def state_dir(self):
+        from pathlib import Path
+
+        return Path(self.cfg.serve.state_dir)
 
     def post(self, path, timeout=600, **kw):
         import httpx
@@ -94,34 +101,136 @@ class Service:
         return httpx.get(self.url + path, timeout=timeout, **{**kw, "headers": {**self.headers, **kw.get("headers", {})}})
 
 
-@pytest.fixture(scope="session")
-def service(tmp_path_factory):
+def start_service(work, configure=None, keys: dict[str, tuple[str, int]] | None = None, address: str | None = None,
+                  env: dict | None = None):
+    """Start the service on a config derived from configs/default.yaml; a context manager yielding Service.
+
+    `configure(cfg)` edits the config in place (experts, map, limits...). `keys` turns access control on
+    with {role name: (key id, rate per minute)}; without it the service runs open. `address` deploys onto
+    an existing Ray cluster. The service is shut down through `flowrouter shutdown` afterwards.
+    """
+    import contextlib
     import subprocess
     import sys
+    from pathlib import Path
 
     import yaml
 
     from core.config import load_config
 
-    cfg = load_config()
-    cfg.serve.port = _free_port()
-    cfg.serve.state_dir = str(tmp_path_factory.mktemp("state"))
-    # Access control on, as in production: keys in the rotatable key file (tests/deployments/test_access_e2e.py).
-    from core.auth_config import ApiKeySpec, AuthConfig
-    from deployments.auth import KeyFile, new_key, sha256_hash
+    @contextlib.contextmanager
+    def run():
+        work_dir = Path(work)
+        cfg = load_config()
+        cfg.serve.port = free_port()
+        cfg.serve.state_dir = str(work_dir / "state")
+        Path(cfg.serve.state_dir).mkdir(parents=True, exist_ok=True)
+        if configure is not None:
+            configure(cfg)
+        plain = {}
+        raw_auth = {"mode": "open", "public_rate_per_minute": 0}
+        if keys:
+            from core.auth_config import ApiKeySpec, AuthConfig
+            from deployments.auth import KeyFile, new_key, sha256_hash
 
-    keys = {"admin": new_key(), "ticket": new_key(), "limited": new_key()}
-    for kid, role, rate in (("e2e-admin", "admin", 0), ("e2e-ticket", "ticket", 0), ("e2e-limited", "ticket", 6)):
-        KeyFile(f"{cfg.serve.state_dir}/api_keys.yaml").add(ApiKeySpec(
-            id=kid, role=role, hash=sha256_hash(keys[kid.removeprefix("e2e-")]), rate_per_minute=rate, burst=3))
-    cfg.auth = AuthConfig(mode="keys", reload_interval_s=0.5, failed_auth_per_minute=0, public_rate_per_minute=0)
-    path = tmp_path_factory.mktemp("config") / "e2e.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude={"source"})))
-    cli = [sys.executable, "-m", "cluster.cli"]
-    started = subprocess.run([*cli, "serve", str(path)], capture_output=True, text=True, timeout=1200)
-    if started.returncode != 0:
-        pytest.fail(f"flowrouter serve failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
-    try:
-        yield Service(f"http://127.0.0.1:{cfg.serve.port}", path, cfg, keys)
-    finally:
-        subprocess.run([*cli, "shutdown", str(path)], capture_output=True, text=True, timeout=300)
+            for role, (kid, rate) in keys.items():
+                plain[role] = new_key()
+                KeyFile(f"{cfg.serve.state_dir}/api_keys.yaml").add(ApiKeySpec(
+                    id=kid, role="admin" if role == "admin" else "ticket", hash=sha256_hash(plain[role]),
+                    rate_per_minute=rate, burst=3))
+            cfg.auth = AuthConfig(mode="keys", reload_interval_s=0.5, failed_auth_per_minute=0,
+                                  public_rate_per_minute=0)
+        raw = cfg.model_dump(mode="json", exclude={"source"})
+        if not keys:
+            raw["auth"] = raw_auth
+        path = work_dir / "config.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        cli = [sys.executable, "-m", "cluster.cli"]
+        extra = ["--address", address] if address else []
+        run_env = dict(os.environ, **(env or {}))
+        started = subprocess.run([*cli, "serve", str(path), *extra], capture_output=True, text=True, timeout=1200,
+                                 env=run_env)
+        if started.returncode != 0:
+            pytest.fail(f"flowrouter serve failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
+        try:
+            yield Service(f"http://127.0.0.1:{cfg.serve.port}", path, load_config(path), plain)
+        finally:
+            subprocess.run([*cli, "shutdown", str(path)], capture_output=True, text=True, timeout=300, env=run_env)
+
+    return run()
+
+
+E2E_KEYS = {"admin": ("e2e-admin", 0), "ticket": ("e2e-ticket", 0), "limited": ("e2e-limited", 6)}
+
+
+TEAM_RUNBOOKS = {
+    "payments-platform/LedgerWriterStalled.md": """# LedgerWriterStalled
+
+## Meaning
+The ledger writer has not committed a batch of payment transactions for more than 10 minutes; payments are
+accepted but not booked.
+
+## Diagnosis
+- Check the ledger-writer pod logs for lock wait timeouts: `kubectl -n payments logs deploy/ledger-writer`.
+- Check the replication slot lag of the ledger database with `SELECT * FROM pg_replication_slots`.
+- If the writer waits on a lock, find the blocking session with `SELECT * FROM pg_locks WHERE NOT granted`.
+
+## Mitigation
+- Cancel the blocking session with `SELECT pg_cancel_backend(pid)`.
+- Restart the ledger writer: `kubectl -n payments rollout restart deploy/ledger-writer`.
+""",
+    "edge-gateway-operator/GatewayCertificateExpiring.md": """# GatewayCertificateExpiring
+
+## Meaning
+The TLS certificate served by the edge gateway expires in less than 7 days; clients will fail the TLS
+handshake once it does.
+
+## Diagnosis
+- Check the certificate's expiry date with `openssl s_client -connect gw.example.com:443 | openssl x509 -noout -dates`.
+- Check the cert-manager Certificate resource status with `kubectl -n edge describe certificate gateway-tls`.
+
+## Mitigation
+- If the ACME order failed, delete the failed CertificateRequest so cert-manager retries it.
+- Reload the gateway so it serves the renewed certificate.
+""",
+    "cluster-monitoring-operator/ScrapeTargetsMissing.md": """# ScrapeTargetsMissing
+
+## Meaning
+Prometheus has lost more than a third of its scrape targets in a namespace; dashboards go blank and alerts
+based on those metrics cannot fire.
+
+## Diagnosis
+- Open the Prometheus targets page and check the error shown for the missing targets.
+- Check that the ServiceMonitor's label selector still matches the service labels.
+
+## Mitigation
+- Fix the ServiceMonitor selector or the service labels so they match again.
+- Restart the Prometheus operator if it stopped reconciling ServiceMonitors.
+""",
+}
+
+
+@pytest.fixture(scope="session")
+def team_runbooks(tmp_path_factory):
+    """A team's own runbooks in folders named after their operators, matching no task and no expert's scope."""
+    root = tmp_path_factory.mktemp("team-runbooks")
+    for rel, text in TEAM_RUNBOOKS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory, team_runbooks):
+    """The embedded default with access control on, its knowledge base also holding a team's own runbooks."""
+    def configure(cfg):
+        cfg.knowledge.docs = [*cfg.knowledge.docs, str(team_runbooks)]
+
+    with start_service(tmp_path_factory.mktemp("service"), configure, keys=E2E_KEYS) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="session")
+def service_factory():
+    """`start_service` for module fixtures that need a service of their own shape."""
+    return start_service

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from core.config import FlowRouterConfig, KnowledgeConfig
 from core.paths import cache_dir, shared_data_dir
@@ -46,6 +46,7 @@ class TrainOptions:
     address: str | None = None
     evaluate: bool = True
     show_progress: bool = True
+    connect: Callable | None = None  # joins a Ray cluster at `address` (cluster.ray_connect.connect_ray)
 
 
 @dataclass
@@ -62,7 +63,7 @@ def cases_dir(cfg: FlowRouterConfig) -> Path:
 
 
 def plan_jobs(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, live_map=None,
-              state_dir: str | None = None) -> list[TrainJob]:
+              feedback_rows: list[dict] | None = None) -> list[TrainJob]:
     """One TrainJob per expert name: its serving spec, the data split, queries and feedback."""
     from experts.knowledge.build import ensure_knowledge_base
     from leaderboard.workflow_cases import load_runbook_cases
@@ -88,8 +89,8 @@ def plan_jobs(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, liv
     docs = tc.knowledge_docs or [str(folder)]
     knowledge_dir = str(ensure_knowledge_base(KnowledgeConfig(docs=docs), progress=opts.show_progress))
     feedback = []
-    if tc.feedback and state_dir:
-        feedback = tdata.read_feedback(Path(state_dir) / "tickets.sqlite")
+    if tc.feedback and feedback_rows:
+        feedback = tdata.read_feedback(feedback_rows)
     out_root = opts.out_root or tc.output_dir or str(cache_dir() / "training")
     jobs = []
     for name in experts:
@@ -112,11 +113,12 @@ def default_runner(jobs: list[tuple[str, dict]], cfg: FlowRouterConfig, opts: Tr
         return run_local(jobs, run_job_payload, show_progress=opts.show_progress)
     tc = cfg.training
     return run_pool(jobs, run_job_payload, num_cpus=tc.num_cpus_per_job, num_gpus=tc.num_gpus_per_job,
-                    threads=tc.threads, address=opts.address, show_progress=opts.show_progress)
+                    threads=tc.threads, address=opts.address, show_progress=opts.show_progress,
+                    connect=opts.connect)
 
 
 def train(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, *, publisher: Publisher | None = None,
-          runner: Runner | None = None, state_dir: str | None = None) -> TrainReport:
+          runner: Runner | None = None, feedback_rows: list[dict] | None = None) -> TrainReport:
     """Train `experts`, gate each against what serves, publish winners when a publisher is given."""
     if not experts:
         raise TrainingError("name at least one expert to train")
@@ -125,7 +127,7 @@ def train(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, *, publ
         live_cfg = publisher.live_config()
         live_map = publisher.current_map()
         live_cfg.training = cfg.training  # the training settings come from the config given to train
-    jobs = plan_jobs(live_cfg, experts, opts, live_map, state_dir)
+    jobs = plan_jobs(live_cfg, experts, opts, live_map, feedback_rows)
     outcomes = (runner or default_runner)([(j.expert.name, j.model_dump(mode="json")) for j in jobs], live_cfg,
                                           opts)
     decisions: list[GateDecision] = []

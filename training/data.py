@@ -91,19 +91,16 @@ def read_query_file(path: str | Path) -> list[TrainQuery]:
     return out
 
 
-def read_feedback(store_path: str | Path) -> list[FeedbackItem]:
-    """Operator verdicts from the service's ticket store (`<state_dir>/tickets.sqlite`).
+def read_feedback(rows) -> list[FeedbackItem]:
+    """Operator verdicts from the service's ticket store rows (`TicketStore.feedback()`, which the CLI reads
+    and passes in: training does not know where the service keeps its state).
 
     The latest verdict per (ticket, candidate) wins; tickets without a stored result are skipped.
     """
-    p = Path(store_path)
-    if not p.exists():
-        return []
     from core.schemas import Ticket
-    from deployments.ticket_store import TicketStore
 
     latest: dict[tuple[str, int], FeedbackItem] = {}
-    for row in TicketStore(p).feedback():
+    for row in rows:
         result = row.get("result") or {}
         cands = result.get("candidates") or []
         idx = row.get("candidate")

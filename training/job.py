@@ -17,8 +17,8 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pydantic import BaseModel, Field
 
@@ -59,7 +59,7 @@ def holdout_quality(cfg: FlowRouterConfig, expert: ModelSpec, engine, scorer_eng
                     cases: list[WorkflowCase], candidates: int, exclude_own_doc: bool) -> dict:
     """STEPScore P/R/F1 of `engine` as `expert` on held-out cases (leaderboard.workflow_eval)."""
     from core.embeddings import shared_embedder
-    from leaderboard.workflow_eval import InProcessService
+    from leaderboard.workflow_eval import InProcessService, evaluate
 
     setting = "service" if knowledge_dir else "none"
     service = InProcessService(cfg.model_copy(update={"experts": [expert]}), knowledge_dir,
@@ -93,8 +93,7 @@ def run_job(job: TrainJob | dict, progress: Progress | None = None) -> dict:
     from experts.planner import Planner
     from experts.scorer import Scorer
     from training.planner_rl import train_planner
-    from training.scorer_dpo import agreement, feedback_rows, preference_rows, score_triples, synthesize, \
-        train_scorer
+    from training.scorer_dpo import agreement, feedback_rows, preference_rows, score_triples, synthesize, train_scorer
 
     job = TrainJob.model_validate(job)
     cfg = FlowRouterConfig.model_validate(job.config)
@@ -218,7 +217,7 @@ def run_job(job: TrainJob | dict, progress: Progress | None = None) -> dict:
                 it["holdout"] = holdout_quality(cfg, expert, planner_engine, scorer_engine, job.knowledge_dir,
                                                 job.holdout, tc.gate.candidates, tc.exclude_own_doc)
             metrics["iterations"].append(it)
-            for path, meta in metas:
+            for _adapter, meta in metas:
                 if meta["iteration"] == i:
                     meta["metrics"].update({"holdout_f1": (it.get("holdout") or {}).get("f1"),
                                             "agreement": it["agreement"]})

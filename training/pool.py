@@ -14,8 +14,9 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -54,42 +55,25 @@ def _worker_class():
     return TrainingWorker
 
 
-def connect_ray(address: str, namespace: str, runtime_env: dict | None = None, log_to_driver: bool = False) -> None:
-    """Join an existing Ray cluster as a driver.
+Connect = Callable[..., None]  # connect(address, namespace, runtime_env=..., log_to_driver=...)
 
-    Ray 2.60 starts local clusters with token authentication and only turns it on by itself for
-    drivers that find a local cluster automatically; a driver given an explicit address (the
-    service's, from its pid file) must opt in. When RAY_AUTH_MODE is unset this does what Ray does
-    for an auto-detected cluster: use token mode if Ray's own token store has a token.
-    """
+
+def ensure_ray(num_cpus_per_job: float, address: str | None = None, threads: int = 1,
+               connect: Connect | None = None) -> bool:
+    """Connect to `address` with `connect` (the CLI passes cluster.ray_connect.connect_ray), or start a
+    private local Ray sized for at least one job. Returns True when this call started Ray (the caller
+    then shuts it down)."""
     import ray
 
-    try:
-        from ray._private.authentication.authentication_token_setup import \
-            maybe_enable_token_auth_if_token_available
-    except ImportError:  # a Ray without token authentication
-        maybe_enable_token_auth_if_token_available = None
-    if maybe_enable_token_auth_if_token_available is not None:
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    # Nodes started on 127.0.0.1 register under that address; a driver must then say it is on that node.
-    loopback = address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
-    ray.init(address=address, namespace=namespace, log_to_driver=log_to_driver, runtime_env=runtime_env,
-             **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
-
-
-def ensure_ray(num_cpus_per_job: float, address: str | None = None, threads: int = 1) -> bool:
-    """Connect to `address`, or start a private local Ray sized for at least one job.
-
-    Returns True when this call started Ray (the caller then shuts it down)."""
-    import ray
-
-    from deployments.options import thread_env
+    from core.threads import thread_env
 
     if ray.is_initialized():
         return False
     env = {"env_vars": thread_env(threads)}
     if address:
-        connect_ray(address, "flowrouter-training", env, log_to_driver=True)
+        if connect is None:
+            raise ValueError("joining a Ray cluster needs its connect function (cluster.ray_connect.connect_ray)")
+        connect(address, "flowrouter-training", runtime_env=env, log_to_driver=True)
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(num_cpus_per_job))
         ray.init(num_cpus=cpus, include_dashboard=False, namespace="flowrouter-training", log_to_driver=True,
@@ -99,11 +83,11 @@ def ensure_ray(num_cpus_per_job: float, address: str | None = None, threads: int
 
 def run_pool(jobs: list[tuple[str, Any]], fn: Callable[[Any, Callable], Any], *, num_cpus: float = 1.0,
              num_gpus: float = 0.0, threads: int = 1, address: str | None = None, show_progress: bool = True,
-             poll_s: float = 1.0) -> dict[str, JobOutcome]:
+             poll_s: float = 1.0, connect: Connect | None = None) -> dict[str, JobOutcome]:
     """Run `fn(payload, report)` for every (name, payload) in its own actor; outcome per name."""
     import ray
 
-    started = ensure_ray(num_cpus, address, threads)
+    started = ensure_ray(num_cpus, address, threads, connect)
     worker_cls = _worker_class()
     actors, pending, t0 = {}, {}, {}
     try:
@@ -128,7 +112,7 @@ def run_pool(jobs: list[tuple[str, Any]], fn: Callable[[Any, Callable], Any], *,
                         log.error("training job %s failed: %s", name, outcomes[name].error.splitlines()[0])
                     bars.finish(name, outcomes[name].ok)
                     ray.kill(actors.pop(name), no_restart=True)
-                for name, ref in [(n, r) for r, n in pending.items()]:
+                for name in list(pending.values()):
                     try:
                         p = ray.get(actors[name].progress.remote(), timeout=poll_s)
                     except Exception:  # actor busy starting or gone: its outcome arrives via `ray.wait`

@@ -15,7 +15,7 @@ with the Planner's grammar), so a reward never disagrees with serving about what
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from core.workflow import GrammarSpec, Workflow, WorkflowError, read_workflow
 from core.workflow.grammar import grammar_lines

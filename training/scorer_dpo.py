@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.schemas import PlanRequest
 from core.training_config import ScorerDPOConfig
 from core.workflow import Workflow
-from core.schemas import PlanRequest
 from experts.prompts import SCORER_SYSTEM, scorer_user_message
 from experts.scorer import workflow_text
 from training.data import LEVEL_SCORE, LEVELS, PAIRS, FeedbackItem, reversed_context

@@ -148,7 +148,12 @@ def cmd_retrieval(args) -> int:
 
     from experts.knowledge.retrieve import KnowledgeBase
     from leaderboard.retrieval_eval import (
-        PHRASINGS, best_scores, calibrate_relevance, evaluate_retrieval, out_of_domain_queries, query_for,
+        PHRASINGS,
+        best_scores,
+        calibrate_relevance,
+        evaluate_retrieval,
+        out_of_domain_queries,
+        query_for,
     )
 
     cases_dir, cases = _cases(args)

@@ -249,8 +249,8 @@ def cmd_query(args) -> int:
         return 0
     status = "matched" if ctx.matched else f"none matched (best {ctx.best_score} < {relevance})"
     print(f"{kb.version} ({ms:.0f} ms): {status}; scope {ctx.scope}")
-    from experts.prompts import node_workflow
     from core.workflow import render_lines
+    from experts.prompts import node_workflow
 
     for n in ctx.nodes:
         print(f"\n[node {n.score:.3f}] {n.incident}  ({n.id}; tags {', '.join(n.tags)})")

@@ -247,7 +247,7 @@ def publish_with_expert(args, spec, new_map) -> None:
 def cmd_classifier(args) -> int:
 
     from core.paths import cache_dir
-    from leaderboard.classifier_eval import evaluate_modes, eval_config, load_eval_data
+    from leaderboard.classifier_eval import eval_config, evaluate_modes, load_eval_data
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     overrides = {k: getattr(args, k) for k in ("top_k", "head_weight", "lexical_weight", "llm_weight",

@@ -62,7 +62,7 @@ class MapClient:
         self.timeout = timeout
 
     @classmethod
-    def from_args(cls, args) -> "MapClient":
+    def from_args(cls, args) -> MapClient:
         key = getattr(args, "key", None) or os.environ.get(ADMIN_KEY_ENV) or os.environ.get(API_KEY_ENV)
         return cls(service_url(args), key, getattr(args, "timeout", 60.0))
 

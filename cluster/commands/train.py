@@ -14,6 +14,7 @@ and the regenerated map is published; one that does not leaves the service untou
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from cluster.cli import CliError
 
@@ -52,7 +53,7 @@ def load_training(path: str):
 
     import yaml
 
-    from core.config import ConfigError, _resolve_paths
+    from core.config import ConfigError, resolve_paths
     from core.training_config import TrainingConfig
 
     p = Path(path)
@@ -61,7 +62,7 @@ def load_training(path: str):
     try:
         raw = yaml.safe_load(p.read_text()) or {}
         raw = raw.get("training", raw) if isinstance(raw, dict) else raw
-        resolved = _resolve_paths({"training": raw}, p.resolve().parent)["training"]
+        resolved = resolve_paths({"training": raw}, p.resolve().parent)["training"]
         return TrainingConfig.model_validate(resolved)
     except Exception as exc:
         raise ConfigError(f"{p} is not valid training settings:\n{exc}") from exc
@@ -100,11 +101,16 @@ def cmd_train(args) -> int:
     if args.publish and args.no_gate:
         raise CliError("--publish needs the gate (drop --no-gate)")
     from cluster.local import resolve_state_dir
+    from cluster.ray_connect import connect_ray
+    from deployments.ticket_store import TicketStore
 
+    opts.connect = connect_ray
     publisher = None
     state_dir = resolve_state_dir(cfg.model_copy(deep=True)).serve.state_dir
+    store = Path(state_dir) / "tickets.sqlite"
+    feedback_rows = TicketStore(store).feedback() if store.exists() else []
     if args.publish:
-        from training.gate import ServicePublisher
+        from cluster.publish import ServicePublisher
 
         publisher = ServicePublisher(cfg, api_key=args.api_key, url=args.url, ray_address=args.ray_address)
         try:
@@ -112,7 +118,7 @@ def cmd_train(args) -> int:
         except PublishError as exc:
             raise CliError(str(exc)) from None
     try:
-        report = train(cfg, args.expert, opts, publisher=publisher, state_dir=state_dir)
+        report = train(cfg, args.expert, opts, publisher=publisher, feedback_rows=feedback_rows)
     except (TrainingError, PublishError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
     _print(report)

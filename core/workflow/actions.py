@@ -14,7 +14,7 @@ CHECK_VERBS = {
     "analyse", "analyze", "debug", "test", "validate", "reproduce", "follow", "grep", "tail", "ping", "dig",
     "nslookup", "curl", "traceroute", "measure", "collect", "gather", "capture", "dump", "profile", "read",
     "consult", "open", "login", "ssh", "connect", "exec", "trace", "observe", "view",
-    "show", "locate", "track", "correlate", "audit", "ask", "talk", "contact", "determine",
+    "show", "locate", "track", "correlate", "audit", "ask", "talk", "contact",
 }
 FIX_VERBS = {
     "restart", "reboot", "delete", "remove", "increase", "decrease", "raise", "lower", "scale", "add",

@@ -12,10 +12,10 @@ every text parses into a valid workflow:
   (with `require_decision`) after at least one question.
 
 The automaton's state before writing line i is (i, pending far jump target, whether line i+1 is
-a short-jump target, whether a question was written). Its states are finite, so the grammar is regular; it is written out as GBNF (the EBNF dialect
-that xgrammar, llguidance and llama.cpp read), keeping only states from which the workflow can
-still be completed. `close_truncated` uses the same automaton to finish a text cut off by the
-token budget.
+a short-jump target, whether a question was written). Its states are finite, so the grammar is
+regular; it is written out as GBNF (the EBNF dialect that xgrammar, llguidance and llama.cpp
+read), keeping only states from which the workflow can still be completed. `close_truncated`
+uses the same automaton to finish a text cut off by the token budget.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ class Workflow(BaseModel):
     def edges(self) -> list[Edge]:
         return [Edge(source=s.id, target=t, label=label) for s in self.steps for t, label in s.targets()]
 
-    def validate_graph(self) -> "Workflow":
+    def validate_graph(self) -> Workflow:
         """Raise WorkflowError unless every step is well formed, reachable, and can reach a terminal."""
         if not self.steps:
             raise WorkflowError("workflow has no steps")

@@ -91,7 +91,7 @@ class Engine(ABC):
     def count_tokens(self, text: str) -> int:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: most engines hold nothing to release)
         """Release the model (engines that own processes or devices override this)."""
 
 

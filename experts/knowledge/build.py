@@ -16,10 +16,11 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -31,8 +32,8 @@ from experts.knowledge.documents import Document, KnowledgeError, load_documents
 from experts.knowledge.extract import EXTRACT_VERSION, RawNode, extract_document, planned_method
 from experts.knowledge.graph import Group, Merger, compute_links, normalize_incident, refine
 from experts.knowledge.incident import TASK_TAG, IncidentNode
-from experts.knowledge.workflows import REFERENCE_VERSION
 from experts.knowledge.store import FORMAT, DocCache, KnowledgeStore, VersionData, write_version
+from experts.knowledge.workflows import REFERENCE_VERSION
 
 log = logging.getLogger(__name__)
 

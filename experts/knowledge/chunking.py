@@ -39,7 +39,7 @@ class Chunk:
 
 
 def chunk_id(source: str, start: int, text: str) -> str:
-    return "c-" + hashlib.sha1(f"{source}\x00{start}\x00{text}".encode("utf-8")).hexdigest()[:16]
+    return "c-" + hashlib.sha1(f"{source}\x00{start}\x00{text}".encode()).hexdigest()[:16]
 
 
 def _paragraph_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:

@@ -81,7 +81,7 @@ class RawNode:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RawNode":
+    def from_dict(cls, d: dict) -> RawNode:
         return cls(**d)
 
 

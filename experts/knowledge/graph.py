@@ -24,8 +24,8 @@ import math
 import posixpath
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -204,7 +204,7 @@ _LINK_STOP = {
     "alert", "alerts", "fires", "fire", "firing", "impact", "means", "meaning", "mean", "time", "certain",
     "number", "based", "being", "might", "about", "over", "under", "up", "out", "but", "because", "then",
     "they", "them", "you", "your", "we", "our", "i", "e", "g", "s", "etc", "example", "case", "cases",
-    "high", "low", "too", "many", "much", "most", "less", "within", "last", "minutes", "minute", "hours",
+    "high", "low", "many", "much", "most", "within", "last", "minutes", "minute", "hours",
 }
 
 
@@ -338,7 +338,7 @@ def compute_links(nodes: list[IncidentNode], fresh: set[str] | None = None,
     out: dict[str, list[str]] = {}
     for nid in ids:
         seen: list[str] = []
-        for s, other in sorted(related[nid], key=lambda t: (-t[0], t[1])):
+        for _score, other in sorted(related[nid], key=lambda t: (-t[0], t[1])):
             if other not in seen:
                 seen.append(other)
         out[nid] = seen[:MAX_RELATED] if nid in fresh else seen[: max(MAX_RELATED, len(previous.get(nid, [])))

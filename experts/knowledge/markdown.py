@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from core.workflow.actions import ACTION_VERBS, CHECK_VERBS, FIX_VERBS
-
 import yaml
+
+from core.workflow.actions import ACTION_VERBS
 
 # ---- front matter and sections ----------------------------------------------------------------
 _FRONT = re.compile(r"\A(?:\ufeff)?---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.S)

@@ -123,7 +123,7 @@ class KnowledgeBase:
         self._qcache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
-    def open(cls, directory: str | Path, embedder=None) -> "KnowledgeBase":
+    def open(cls, directory: str | Path, embedder=None) -> KnowledgeBase:
         store = KnowledgeStore(directory)
         stamp = store.pointer_stamp()
         version = store.current_version()

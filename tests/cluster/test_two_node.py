@@ -27,14 +27,6 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # `ray.init("auto")` reads it; keep other users' value
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _driver(address: str, code: str, timeout=300) -> str:
     script = f"import ray\nray.init(address={address!r}, _node_ip_address='127.0.0.1', log_to_driver=False)\n"
     out = subprocess.run([sys.executable, "-c", script + textwrap.dedent(code)], capture_output=True, text=True,
@@ -66,38 +58,31 @@ def two_nodes():
             ADDRESS_FILE.write_text(saved)
 
 
-def test_app_spans_two_nodes_and_serves_tickets(two_nodes, tmp_path):
-    from core.config import load_config
+def test_app_spans_two_nodes_and_serves_tickets(two_nodes, tmp_path, service_factory):
     from core.workflow import parse_mermaid
 
     cluster, worker = two_nodes
-    cfg = load_config()
-    task_map = yaml.safe_load(open(cfg.map))
-    task_map.update(version="two-node-1", fallback=EXPERT, routes={t: EXPERT for t in task_map["routes"]})
-    (tmp_path / "map.yaml").write_text(yaml.safe_dump(task_map))
-    cfg.map = str(tmp_path / "map.yaml")
-    cfg.experts = [cfg.expert(EXPERT)]
-    on_head = {"head_node": 0.01}
-    cfg.classifier.model.resources = on_head
-    cfg.experts[0].resources = on_head
-    cfg.scorer.model.replicas = 2
-    cfg.scorer.model.resources = {"worker_node": 0.01}
-    cfg.planner.candidates = 2
-    cfg.planner.max_new_tokens = 48
-    cfg.serve.port = _free_port()
-    cfg.serve.state_dir = str(tmp_path / "state")
-    cfg.serve.proxy_location = "HeadOnly"  # both nodes share 127.0.0.1: one proxy, one port
-    raw = cfg.model_dump(mode="json", exclude={"source"})
-    if "auth" in raw:
-        raw["auth"] = {"mode": "open", "public_rate_per_minute": 0}
-    path = tmp_path / "two-node.yaml"
-    path.write_text(yaml.safe_dump(raw))
 
-    deployed = subprocess.run([sys.executable, "-m", "cluster.cli", "serve", str(path), "--address", cluster.address],
-                              capture_output=True, text=True, timeout=1200, env=dict(os.environ, **LOOPBACK_ENV))
-    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-3000:]
+    def configure(cfg):
+        task_map = yaml.safe_load(open(cfg.map))
+        task_map.update(version="two-node-1", fallback=EXPERT, routes={t: EXPERT for t in task_map["routes"]})
+        (tmp_path / "map.yaml").write_text(yaml.safe_dump(task_map))
+        cfg.map = str(tmp_path / "map.yaml")
+        cfg.experts = [cfg.expert(EXPERT)]
+        on_head = {"head_node": 0.01}
+        cfg.classifier.model.resources = on_head
+        cfg.experts[0].resources = on_head
+        cfg.scorer.model.replicas = 2
+        cfg.scorer.model.resources = {"worker_node": 0.01}
+        cfg.planner.candidates = 2
+        cfg.planner.max_new_tokens = 48
+        cfg.serve.proxy_location = "HeadOnly"  # both nodes share 127.0.0.1: one proxy, one port
 
-    url = f"http://127.0.0.1:{cfg.serve.port}"
+    with service_factory(tmp_path, configure, address=cluster.address, env=LOOPBACK_ENV) as svc:
+        _serves_on_both_nodes(svc.url, cluster, worker, parse_mermaid)
+
+
+def _serves_on_both_nodes(url, cluster, worker, parse_mermaid):
     assert httpx.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
     tickets = [{"title": "Disk 97% full on db-01", "description": "postgres cannot write WAL"},
                {"title": "VPN tunnel to the Lyon office is down", "description": "branch users cannot reach intranet"}]

@@ -1,8 +1,19 @@
 import pytest
 
 from core.workflow import (
-    Action, MermaidError, Step, StepKind, Workflow, WorkflowError, escape_label, linear_workflow, parse_lines,
-    parse_mermaid, parse_step_list, render_lines, to_mermaid,
+    Action,
+    MermaidError,
+    Step,
+    StepKind,
+    Workflow,
+    WorkflowError,
+    escape_label,
+    linear_workflow,
+    parse_lines,
+    parse_mermaid,
+    parse_step_list,
+    render_lines,
+    to_mermaid,
 )
 
 DISK = """1. Check which filesystem is full with df -h

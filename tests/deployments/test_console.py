@@ -3,7 +3,6 @@ hygiene it relies on, and the terminal rendering of `flowrouter ticket`."""
 
 import json
 import re
-import sqlite3
 
 import pytest
 from fastapi import FastAPI

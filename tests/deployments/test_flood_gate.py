@@ -11,7 +11,7 @@ import pytest
 import ray.exceptions
 
 from core.config import load_config
-from core.schemas import Scores, Ticket, TicketResult, WorkflowOut
+from core.schemas import KnowledgeUse, Scores, Ticket, TicketResult, WorkflowOut
 from core.task_map import TaskMap
 from deployments.admission import Overloaded
 from deployments.flood import AlreadySubmitted, Deferred, FloodGate
@@ -26,7 +26,7 @@ def _result(ticket: Ticket, task_map: TaskMap, n: int) -> TicketResult:
     return TicketResult(ticket_id=ticket.id, task="storage", confidence=0.9, decision_path="retrieval",
                         expert="smollm2-generalist", map_version=task_map.version, workflow=wf, best_index=0,
                         candidates=[{"index": 0, "workflow": wf, "scores": Scores(overall=4.0)}],
-                        retrieved_examples=[], context_ids=[],
+                        retrieved_examples=[], context_ids=[], knowledge=KnowledgeUse(status="none matched"),
                         timings_ms={"classify": 1.0, "plan": 2.0, "score": 1.0, "compute": 3.5, "total": 4.0})
 
 

@@ -9,8 +9,6 @@ the session `service` (tests/deployments/test_sharing_e2e.py).
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -24,14 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
 EXPERT = "smollm2-generalist"
 LIMITS = {"max_inflight_tickets": 2, "max_waiting_tickets": 2, "max_async_backlog": 5, "async_workers": 4,
           "heartbeat_s": 2, "stale_after_s": 8, "retry_after_s": 2, "max_attempts": 8, "max_wait_s": 300}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FloodService:
@@ -89,38 +79,25 @@ class FloodService:
 
 
 @pytest.fixture(scope="module")
-def flood_service(tmp_path_factory):
-    from core.config import load_config
-
-    cfg = load_config()
+def flood_service(tmp_path_factory, service_factory):
     work = tmp_path_factory.mktemp("flood")
-    task_map = yaml.safe_load(open(cfg.map))
-    task_map.update(version="flood-1", fallback=EXPERT, routes={t: EXPERT for t in task_map["routes"]})
-    (work / "map.yaml").write_text(yaml.safe_dump(task_map))
-    cfg.map = str(work / "map.yaml")
-    cfg.experts = [cfg.expert(EXPERT)]
-    cfg.scorer.model.replicas = 1
-    cfg.planner.max_new_tokens = 48
-    cfg.planner.candidates = 1
-    cfg.flood = cfg.flood.model_copy(update=LIMITS)
-    cfg.serve.port = _free_port()
-    cfg.serve.state_dir = str(work / "state")
-    # Serve's own bounds are tight too, so its proxy-level 503 (with Retry-After) is exercised.
-    cfg.serve.max_ongoing_requests = 8
-    cfg.serve.max_queued_requests = 4
-    raw = cfg.model_dump(mode="json", exclude={"source"})
-    if "auth" in raw:
-        raw["auth"] = {"mode": "open", "public_rate_per_minute": 0}
-    path = work / "flood.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    cli = [sys.executable, "-m", "cluster.cli"]
-    started = subprocess.run([*cli, "serve", str(path)], capture_output=True, text=True, timeout=1200)
-    if started.returncode != 0:
-        pytest.fail(f"flowrouter serve failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
-    try:
-        yield FloodService(f"http://127.0.0.1:{cfg.serve.port}", path, work / "state")
-    finally:
-        subprocess.run([*cli, "shutdown", str(path)], capture_output=True, text=True, timeout=300)
+
+    def configure(cfg):
+        task_map = yaml.safe_load(open(cfg.map))
+        task_map.update(version="flood-1", fallback=EXPERT, routes={t: EXPERT for t in task_map["routes"]})
+        (work / "map.yaml").write_text(yaml.safe_dump(task_map))
+        cfg.map = str(work / "map.yaml")
+        cfg.experts = [cfg.expert(EXPERT)]
+        cfg.scorer.model.replicas = 1
+        cfg.planner.max_new_tokens = 48
+        cfg.planner.candidates = 1
+        cfg.flood = cfg.flood.model_copy(update=LIMITS)
+        # Serve's own bounds are tight too, so its proxy-level 503 (with Retry-After) is exercised.
+        cfg.serve.max_ongoing_requests = 8
+        cfg.serve.max_queued_requests = 4
+
+    with service_factory(work, configure) as svc:
+        yield FloodService(svc.url, svc.config_path, svc.state_dir)
 
 
 def _ticket(i, tag):

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import threading
 import time
 
@@ -33,53 +31,24 @@ OLD, NEW = "smollm2-generalist", "smollm2-oncall"
 WON = ("storage", "database")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def slim_service(tmp_path_factory):
-    from core.config import load_config
+def slim_service(tmp_path_factory, service_factory):
     from router.examples import load_tasks
 
-    cfg = load_config()
-    cfg.serve.port = _free_port()
-    state = tmp_path_factory.mktemp("lifecycle-state")
-    cfg.serve.state_dir = str(state)
-    cfg.experts = [e for e in cfg.experts if e.name == OLD]
-    cfg.scorer.model.replicas = 1
-    tasks = [t.name for t in load_tasks(cfg.tasks.tasks)]
-    map_file = tmp_path_factory.mktemp("lifecycle-map") / "map.yaml"
-    map_file.write_text(yaml.safe_dump({"version": "slim-1", "routes": {t: OLD for t in tasks}, "fallback": OLD,
-                                        "source": "test_lifecycle_e2e"}))
-    cfg.map = str(map_file)
-    keys = {}
-    try:  # access control on, as in production, where this build has it
-        from core.auth_config import ApiKeySpec, AuthConfig
-        from deployments.auth import KeyFile, new_key, sha256_hash
+    work = tmp_path_factory.mktemp("lifecycle")
+    tasks: list[str] = []
 
-        keys = {"admin": new_key(), "ticket": new_key()}
-        for role, key in keys.items():
-            KeyFile(state / "api_keys.yaml").add(ApiKeySpec(id=f"lc-{role}", role=role, hash=sha256_hash(key),
-                                                            rate_per_minute=0, burst=3))
-        cfg.auth = AuthConfig(mode="keys", reload_interval_s=0.5, failed_auth_per_minute=0, public_rate_per_minute=0)
-    except ImportError:
-        pass
-    path = tmp_path_factory.mktemp("lifecycle-config") / "slim.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude={"source"})))
-    cli = [sys.executable, "-m", "cluster.cli"]
-    started = subprocess.run([*cli, "serve", str(path)], capture_output=True, text=True, timeout=1200)
-    if started.returncode != 0:
-        pytest.fail(f"flowrouter serve failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
-    try:
-        yield {"url": f"http://127.0.0.1:{cfg.serve.port}", "config": str(path), "cfg": cfg, "tasks": tasks,
-               "keys": keys}
-    finally:
-        subprocess.run([*cli, "shutdown", str(path)], capture_output=True, text=True, timeout=300)
+    def configure(cfg):
+        cfg.experts = [e for e in cfg.experts if e.name == OLD]
+        cfg.scorer.model.replicas = 1
+        tasks.extend(t.name for t in load_tasks(cfg.tasks.tasks))
+        (work / "map.yaml").write_text(yaml.safe_dump({"version": "slim-1", "routes": {t: OLD for t in tasks},
+                                                       "fallback": OLD, "source": "test_lifecycle_e2e"}))
+        cfg.map = str(work / "map.yaml")
+
+    keys = {"admin": ("lc-admin", 0), "ticket": ("lc-ticket", 0)}  # access control on, as in production
+    with service_factory(work, configure, keys=keys) as svc:
+        yield {"url": svc.url, "config": str(svc.config_path), "cfg": svc.cfg, "tasks": tasks, "keys": svc.keys}
 
 
 class ScriptedEngine:
@@ -218,7 +187,7 @@ def test_add_model_publish_while_tickets_flow_then_rollback(slim_service, tmp_pa
     assert not failed, f"{len(failed)} of {len(stream.results)} requests failed during the publish: {failed[:3]}"
     assert len(stream.results) >= 2, "the stream must have carried tickets across the change"
     maps = {old_map.version: old_map, new_map.version: new_map}
-    for status, body, _ in stream.results:
+    for _status, body, _ in stream.results:
         m = maps[body["map_version"]]  # each request used one whole snapshot, old or new
         assert body["expert"] == m.route(body["task"])
     assert any(body["map_version"] == new_map.version for _, body, ts_ in stream.results if ts_ > published_at) \

@@ -1,6 +1,6 @@
 import pytest
 
-from core.config import ClassifierConfig, CascadeConfig, ModelSpec
+from core.config import CascadeConfig, ClassifierConfig, ModelSpec
 from core.paths import STARTER_DIR
 from core.schemas import LabeledQuery
 from router.classifier import DECIDED_LLM, DECIDED_OOD, DECIDED_RETRIEVAL, TaskClassifier

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from core.config import ModelSpec
-from core.workflow import linear_workflow, to_mermaid
+from core.schemas import WorkflowOut
+from core.workflow import linear_workflow
 from training.artifacts import META_FILE
 from training.coevolve import TrainOptions, train
 
@@ -31,7 +32,7 @@ def state_dir(tmp_path_factory):
     wf = linear_workflow(["Check disk usage with df -h", "Delete old container images", "Verify usage dropped"])
     store.accept("t1", {"title": "Disk almost full on node-3", "description": "root filesystem at 95%"}, {})
     store.complete("t1", {"expert": "smollm2-generalist", "best_index": 0,
-                          "candidates": [{"workflow": {"mermaid": to_mermaid(wf), **wf.model_dump(mode="json"), "edges": [e.model_dump() for e in wf.edges()]}}]})
+                          "candidates": [{"workflow": WorkflowOut.of(wf).model_dump(mode="json")}]})
     store.add_feedback("t1", "accept")
     return str(d)
 

@@ -7,12 +7,12 @@ import json
 import pytest
 
 from core.config import DIMENSIONS
+from core.schemas import WorkflowOut
 from core.training_config import ScorerDPOConfig
-from core.workflow import linear_workflow, to_mermaid
+from core.workflow import linear_workflow
 from experts.knowledge.retrieve import ChunkHit, NodeHit, RetrievedContext
 from leaderboard.workflow_cases import WorkflowCase
-from training.data import (FeedbackItem, feedback_queries, read_feedback, read_query_file, reversed_context,
-                           split_cases)
+from training.data import FeedbackItem, feedback_queries, read_feedback, read_query_file, reversed_context, split_cases
 from training.scorer_dpo import Triple, agreement, feedback_rows, preference_rows
 
 
@@ -54,7 +54,7 @@ def test_feedback_comes_from_the_ticket_store(tmp_path):
     store = TicketStore(tmp_path / "tickets.sqlite")
     wf = linear_workflow(["Check disk usage with df", "Delete old images", "Verify usage"])
     result = {"expert": "smollm2-generalist", "best_index": 0,
-              "candidates": [{"workflow": {"mermaid": to_mermaid(wf), **wf.model_dump(mode="json"), "edges": [e.model_dump() for e in wf.edges()]}}]}
+              "candidates": [{"workflow": WorkflowOut.of(wf).model_dump(mode="json")}]}
     for tid, verdict in (("t1", "accept"), ("t2", "reject"), ("t3", "accept")):
         store.accept(tid, {"title": f"Disk full {tid}", "description": "node-3 at 95%"}, {})
         store.complete(tid, result)

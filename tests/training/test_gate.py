@@ -7,8 +7,7 @@ import pytest
 from core.config import ModelSpec
 from core.task_map import MapStore, TaskMap
 from training.coevolve import TrainOptions, train
-from training.gate import (GateDecision, decide, publish, regenerate_map, retired_config, serving_spec,
-                           updated_config)
+from training.gate import GateDecision, decide, publish, regenerate_map, retired_config, serving_spec, updated_config
 from training.pool import JobOutcome
 
 SERVING = ModelSpec(name="smollm2-generalist", base="smollm2-135m-instruct")

@@ -9,8 +9,6 @@ map switched, tickets keep flowing and none may fail; afterwards tickets route t
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
@@ -24,38 +22,20 @@ TASKS = ("network", "database", "kubernetes", "storage", "access", "hardware", "
 TICKET = {"title": "Disk almost full on node-3", "description": "root filesystem at 95% and growing"}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def small_service(tmp_path_factory):
-    from core.config import load_config
-
+def small_service(tmp_path_factory, service_factory):
     d = tmp_path_factory.mktemp("svc")
-    cfg = load_config()
-    cfg.experts = [cfg.expert("smollm2-generalist")]
-    (d / "map.yaml").write_text(yaml.safe_dump({"version": "one-expert", "fallback": "smollm2-generalist",
-                                                "routes": {t: "smollm2-generalist" for t in TASKS}}))
-    cfg.map = str(d / "map.yaml")
-    cfg.scorer.model.replicas = 1
-    cfg.planner.max_new_tokens = 48
-    cfg.serve.port = _free_port()
-    cfg.serve.state_dir = str(d / "state")
-    path = d / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude={"source"})))
-    cli = [sys.executable, "-m", "cluster.cli"]
-    started = subprocess.run([*cli, "serve", str(path)], capture_output=True, text=True, timeout=1200)
-    if started.returncode != 0:
-        pytest.fail(f"flowrouter serve failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
-    try:
-        yield load_config(path), f"http://127.0.0.1:{cfg.serve.port}"
-    finally:
-        subprocess.run([*cli, "shutdown", str(path)], capture_output=True, text=True, timeout=300)
+
+    def configure(cfg):
+        cfg.experts = [cfg.expert("smollm2-generalist")]
+        (d / "map.yaml").write_text(yaml.safe_dump({"version": "one-expert", "fallback": "smollm2-generalist",
+                                                    "routes": {t: "smollm2-generalist" for t in TASKS}}))
+        cfg.map = str(d / "map.yaml")
+        cfg.scorer.model.replicas = 1
+        cfg.planner.max_new_tokens = 48
+
+    with service_factory(d, configure) as svc:
+        yield svc.cfg, svc.url
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 import json
 
-
 from cluster.cli import main
 
 

@@ -1,0 +1,25 @@
+"""Joining a running Ray cluster as a driver: the one place that knows how (token auth, loopback nodes)."""
+
+from __future__ import annotations
+
+
+def connect_ray(address: str, namespace: str, runtime_env: dict | None = None, log_to_driver: bool = False) -> None:
+    """Join an existing Ray cluster as a driver.
+
+    Ray 2.60 starts local clusters with token authentication and only turns it on by itself for
+    drivers that find a local cluster automatically; a driver given an explicit address (the
+    service's, from its pid file) must opt in. When RAY_AUTH_MODE is unset this does what Ray does
+    for an auto-detected cluster: use token mode if Ray's own token store has a token.
+    """
+    import ray
+
+    try:
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    except ImportError:  # a Ray without token authentication
+        maybe_enable_token_auth_if_token_available = None
+    if maybe_enable_token_auth_if_token_available is not None:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    # Nodes started on 127.0.0.1 register under that address; a driver must then say it is on that node.
+    loopback = address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+    ray.init(address=address, namespace=namespace, log_to_driver=log_to_driver, runtime_env=runtime_env,
+             **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
