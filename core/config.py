@@ -173,7 +173,7 @@ class KnowledgeConfig(_Strict):
     docs: list[str] = Field(default_factory=list, description="Folders of Markdown/text operation documents.")
     directory: str | None = Field(default=None, description="Where the built base lives (default: cache).")
     chunk_chars: int = Field(default=900, ge=200, le=8000, description="Target characters per chunk.")
-    min_relevance: float = Field(default=0.45, ge=0, le=2, description="Retrieval score the best incident needs "
+    min_relevance: float = Field(default=0.35, ge=0, le=2, description="Retrieval score the best incident needs "
                                  "to be shown; below it the answer says 'none matched' and the workflow is the "
                                  "model's own. Calibrated with `flowrouter eval retrieval --calibrate`.")
 

@@ -1,7 +1,8 @@
 """Does retrieval hand the Planner the right runbook? hit@1 / hit@3 on ticket-phrased queries.
 
-For each runbook case the ticket is phrased two ways: the alert name with what it means (what an
-Alertmanager ticket says), and a paraphrase without the alert name (what a person would write).
+For each runbook case the ticket is phrased three ways: the alert name with what it means (what an
+Alertmanager ticket says); that meaning without the alert name; and a ticket the team wrote by hand
+(leaderboard/data/runbook_tickets.jsonl: other words, made-up hosts and numbers, no alert name).
 A hit is the case's own runbook among the top-k incident nodes. The relevance of the best node is
 also what decides "none matched": `calibrate_relevance` picks the threshold on dev queries that
 keeps in-domain tickets matched and sends out-of-domain tickets to the model's own workflow.
@@ -12,9 +13,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from leaderboard.workflow_cases import WorkflowCase, paraphrase_query
+from leaderboard.workflow_cases import WorkflowCase, case_tickets, paraphrase_query
 
-PHRASINGS = ("alert", "paraphrase")
+PHRASINGS = ("alert", "paraphrase", "ticket")
 
 
 @dataclass
@@ -27,8 +28,13 @@ class RetrievalSummary:
     misses: list[str] = field(default_factory=list)
 
 
-def query_for(case: WorkflowCase, phrasing: str) -> str:
-    return case.query if phrasing == "alert" else paraphrase_query(case)
+def query_for(case: WorkflowCase, phrasing: str) -> str | None:
+    """The case's ticket in `phrasing`; None when the case has no team-written ticket."""
+    if phrasing == "alert":
+        return case.query
+    if phrasing == "paraphrase":
+        return paraphrase_query(case)
+    return case_tickets().get(case.id)
 
 
 def own_rank(kb, case: WorkflowCase, query: str, k: int = 3) -> tuple[int | None, float | None]:
@@ -42,6 +48,7 @@ def own_rank(kb, case: WorkflowCase, query: str, k: int = 3) -> tuple[int | None
 
 def evaluate_retrieval(kb, cases: list[WorkflowCase], phrasing: str) -> RetrievalSummary:
     ranks, best, misses = [], [], []
+    cases = [c for c in cases if query_for(c, phrasing) is not None]
     for case in cases:
         rank, score = own_rank(kb, case, query_for(case, phrasing))
         ranks.append(rank)

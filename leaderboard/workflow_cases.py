@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -98,3 +99,23 @@ def paraphrase_query(case: WorkflowCase) -> str:
     for form in (name, humanize(name)):
         text = re.sub(re.escape(form), "this", text, flags=re.I)
     return text.strip() or humanize(name)
+
+
+TICKETS_FILE = Path(__file__).resolve().parent / "data" / "runbook_tickets.jsonl"
+
+
+@lru_cache(maxsize=4)
+def case_tickets(path: str | Path = TICKETS_FILE) -> dict[str, str]:
+    """Team-written tickets for the Prometheus runbook cases (case id -> "title\ndescription"): what an
+    on-call engineer would write about the incident, without the alert's name and in other words."""
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        return {}
+    out = {}
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["id"]] = f"{row['title']}\n{row['description']}"
+    return out

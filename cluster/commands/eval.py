@@ -166,7 +166,7 @@ def cmd_retrieval(args) -> int:
         print(f"{r['phrasing']:>10}: hit@1 {r['hit_at_1']}%  hit@3 {r['hit_at_3']}%  ({r['cases']} cases)  "
               f"misses: {', '.join(r['misses'][:5]) or '-'}")
     if args.calibrate:
-        inside = best_scores(kb, [query_for(c, ph) for c in cases for ph in PHRASINGS])
+        inside = best_scores(kb, [q for c in cases for ph in PHRASINGS if (q := query_for(c, ph)) is not None])
         outside_queries = out_of_domain_queries(args.split)
         if not outside_queries:
             raise CliError("no out-of-domain tickets found in ../shared/data (it-service-tickets) to calibrate with")

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 # Prompts sharing at least this many leading tokens are run as one prefix plus short suffixes.
 _MIN_SHARED_PREFIX = 16
+# Sequences run as one group when their shared prefix is at least this share of the shorter one.
+_GROUP_SHARE = 0.75
 # A cached prefix is reused when at least this many leading tokens match.
 _MIN_REUSE = 32
 # KV caches of recent prefixes kept per engine.
@@ -257,9 +259,10 @@ class TransformersEngine(TokenizedEngine):
         anchor: list[int] = []
         for i in order:
             # Group only on a prefix that is most of both sequences: five questions about one
-            # workflow group together, different workflows after one system prompt do not.
+            # workflow group together; different workflows after one shared context do not (their
+            # common context is reused from the prefix cache instead of being re-run as a suffix).
             if groups:
-                need = max(_MIN_SHARED_PREFIX, min(len(anchor), len(seqs[i])) // 2)
+                need = max(_MIN_SHARED_PREFIX, int(_GROUP_SHARE * min(len(anchor), len(seqs[i]))))
                 if _lcp(anchor, seqs[i]) >= need:
                     groups[-1].append(i)
                     continue

@@ -22,12 +22,11 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 
+from core.workflow.actions import CHECK_VERBS, FIX_VERBS
 from experts.engines.base import Engine, SamplingParams
 from experts.knowledge.chunking import Chunk
 from experts.knowledge.documents import Document
 from experts.knowledge.markdown import (
-    CHECK_VERBS,
-    FIX_VERBS,
     clean_inline,
     commands_from_code,
     find_references,
