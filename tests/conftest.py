@@ -234,3 +234,13 @@ def service(tmp_path_factory, team_runbooks):
 def service_factory():
     """`start_service` for module fixtures that need a service of their own shape."""
     return start_service
+
+
+MODEL_FIXTURES = {"smollm2", "smollm", "trained", "gemma"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that load real weights carry the `model` marker (make test-fast leaves them out)."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.model)

@@ -274,6 +274,7 @@ def test_cli_build_show_and_add_model(tmp_path, monkeypatch, capsys):
 
 
 # ---- the real path ---------------------------------------------------------------------------
+@pytest.mark.model
 def test_real_smollm2_on_three_mc_items(tmp_path):
     from experts.engines.weights import WeightsNotFound, resolve_weights
 

@@ -25,6 +25,7 @@ def test_engine_table_covers_the_config_choices():
     assert set(ENGINES) == set(ModelSpec.model_fields["engine"].annotation.__args__)
 
 
+@pytest.mark.model
 def test_default_spec_builds_transformers_engine():
     from experts.engines.transformers_engine import TransformersEngine
 

@@ -8,6 +8,8 @@ from experts.engines.base import SamplingParams
 
 COLD = 1e-4  # sampling this cold is greedy, so shared-prefill samples must match greedy decoding
 
+pytestmark = pytest.mark.model  # every test here runs real weights
+
 
 def _greedy_and_cold(engine, prompts, tokens=20):
     greedy = engine.generate(prompts, SamplingParams(max_new_tokens=tokens))

@@ -5,6 +5,8 @@ import torch
 
 from experts.engines.base import SamplingParams
 
+pytestmark = pytest.mark.model  # every test here runs real weights
+
 
 def _reference_ll(engine, context, continuation):
     ids = engine._encode_prompt(context + continuation)

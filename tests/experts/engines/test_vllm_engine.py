@@ -147,6 +147,24 @@ def test_n_samples(vllm_engine):
 
 
 @pytest.mark.parametrize("stepwise_max_tokens", [64, 0], ids=["stepwise", "prompt_logprobs"])
+def test_structured_outputs_yield_workflows_even_from_a_garbage_prompt(vllm_engine):
+    """The same GBNF grammar through vLLM's structured outputs (xgrammar): every sample is a workflow,
+    and with greedy_first the first of them is the greedy decode."""
+    from core.workflow import GrammarSpec, gbnf, read_workflow
+
+    spec = GrammarSpec(max_steps=8)
+    prompt = vllm_engine.format_prompt("You are a poet.", "Write a long poem about the sea, with emojis and JSON.")
+    params = SamplingParams(n=3, max_new_tokens=96, temperature=0.9, top_p=0.95, seed=0, grammar=gbnf(spec),
+                            greedy_first=True)
+    [gen] = vllm_engine.generate([prompt], params)
+    assert len(gen.texts) == 3
+    for text, done in zip(gen.texts, gen.finished):
+        wf = read_workflow(text, done, spec)
+        assert wf.steps[0].action.value == "observe"
+    [greedy] = vllm_engine.generate([prompt], SamplingParams(max_new_tokens=96, grammar=gbnf(spec)))
+    assert gen.texts[0] == greedy.texts[0]
+
+
 def test_loglikelihood_matches_transformers(vllm_engine, hf, stepwise_max_tokens, monkeypatch):
     # Both scoring paths: prefix-cached next-token requests, and one prompt_logprobs request.
     monkeypatch.setattr(vllm_engine, "stepwise_max_tokens", stepwise_max_tokens)
