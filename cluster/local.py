@@ -23,7 +23,8 @@ import httpx
 from core.config import FlowRouterConfig, load_config
 from core.paths import cache_dir
 from core.task_map import TaskMap
-from deployments.options import thread_env, total_cpus
+from core.threads import thread_env
+from deployments.options import total_cpus
 
 log = logging.getLogger(__name__)
 

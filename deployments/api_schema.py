@@ -4,15 +4,20 @@ error status the service can answer with, so clients (and schema fuzzers) see th
 FastAPI documents only the success response and its own 422; the service also answers 401/403/429
 (access control), 413 (size limits), 404/409/503 (the ticket path) with a `{"detail": ...}` body, and
 its 422 body is `{"detail": str, "errors": [...]}` rather than FastAPI's default list.
+
+The role each operation needs comes from the access policy, passed in as `role_for(method, path)`
+(deployments.auth hands over its `required_role`), so this module does not import the access control
+that installs it.
 """
 
 
 import types
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
 
-from deployments.auth import required_role
+RoleFor = Callable[[str, str], str | None]  # (METHOD, path) -> None (open), 'ticket' or 'admin'
 
 ERROR_SCHEMA = {
     "title": "Error",
@@ -85,7 +90,7 @@ def _error_response(code: str) -> dict:
     return resp
 
 
-def complete(schema: dict) -> dict:
+def complete(schema: dict, role_for: RoleFor) -> dict:
     """Add security and error responses to an OpenAPI document (in place) and return it."""
     comps = schema.setdefault("components", {})
     schemas = comps.setdefault("schemas", {})
@@ -100,7 +105,7 @@ def complete(schema: dict) -> dict:
             if op is None:
                 continue
             responses = op.setdefault("responses", {})
-            role = required_role(method.upper(), path)
+            role = role_for(method.upper(), path)
             codes = ["429"]
             if role is None:
                 op["security"] = []
@@ -126,13 +131,12 @@ def complete(schema: dict) -> dict:
     return schema
 
 
-def _openapi(app: FastAPI) -> dict:
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = complete(FastAPI.openapi(app))
-    app.openapi_schema = schema
-    return schema
+def install_openapi(app: FastAPI, role_for: RoleFor) -> None:
+    """Make `app.openapi()` return the completed document (built once, then cached like FastAPI's)."""
+    def openapi(self: FastAPI) -> dict:
+        if self.openapi_schema:
+            return self.openapi_schema
+        self.openapi_schema = complete(FastAPI.openapi(self), role_for)
+        return self.openapi_schema
 
-
-def install_openapi(app: FastAPI) -> None:
-    app.openapi = types.MethodType(_openapi, app)
+    app.openapi = types.MethodType(openapi, app)

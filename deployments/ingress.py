@@ -56,7 +56,7 @@ app = FastAPI(
     version="0.1.0",
     description="Incident tickets to troubleshooting workflows written by the best expert model.",
 )
-auth.install(app)     # API keys, roles, per-key rate limits (401/403/429), OpenAPI security: deployments/auth.py
+auth.install(app)     # API keys, roles, per-key rate limits (401/403/429), OpenAPI security: deployments/auth/
 console.install(app)  # the operator web console at /: deployments/console.py
 
 

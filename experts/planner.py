@@ -106,7 +106,8 @@ class Planner:
         return SamplingParams(n=n, max_new_tokens=self.cfg.max_new_tokens, temperature=temperature if n > 1 else 0.0,
                               top_p=self.cfg.top_p, repetition_penalty=self.cfg.repetition_penalty, seed=seed,
                               grammar=self.grammar, greedy_first=n > 1, line_chars=self.cfg.line_chars,
-                              frequency_penalty=self.cfg.frequency_penalty)
+                              frequency_penalty=self.cfg.frequency_penalty,
+                              no_repeat_ngram=self.cfg.no_repeat_ngram)
 
     # ---- writing ------------------------------------------------------------------------------
     def plan(self, requests: list[PlanRequest], contexts: list | None = None) -> list[Plan]:

@@ -80,7 +80,7 @@ class Service:
     def __init__(self, url: str, config_path, cfg, keys: dict | None = None):
         self.url, self.config_path, self.cfg = url, config_path, cfg
         # With access control on, post/get send the admin key unless a test passes its own Authorization
-        # header. keys: role name -> plain key (see deployments/auth.py).
+        # header. keys: role name -> plain key (see deployments/auth/).
         self.keys = keys or {}
         self.headers = {"Authorization": f"Bearer {self.keys['admin']}"} if "admin" in self.keys else {}
 

@@ -28,6 +28,9 @@ from core.workflow.lines import CHANGE_TAG, END_TAG, parse_lines
 from core.workflow.schema import Workflow, WorkflowError
 
 CLOSING_TEXT = "Verify the outcome; escalate to the owning team with the findings if the problem remains"
+CLOSING_QUESTION = "Is the problem resolved"
+RESOLVED_TEXT = "Close the incident with the findings"
+ESCALATE_TEXT = "Escalate to the owning team with the findings"
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,8 @@ def close_truncated(text: str, spec: GrammarSpec, sources: dict[int, str] | None
 
     The unfinished last line is dropped and the workflow ends at the next line with a terminal
     that says what is left to do. A jump target that is still pending is moved onto that terminal.
+    When the grammar asks for a decision and none was written yet, the closing step is the check
+    every troubleshooting run ends with instead: is the problem resolved (close), or not (escalate).
     Raises WorkflowError when not even one line was finished.
     """
     lines = text.split("\n")
@@ -177,6 +182,10 @@ def close_truncated(text: str, spec: GrammarSpec, sources: dict[int, str] | None
         if state is None:
             raise WorkflowError("text already ends the workflow: parse it instead")
     last = state[0]
+    if spec.require_decision and not state[3]:
+        closing = [f"{last}. {CLOSING_QUESTION}? yes {last + 1}, no {last + 2}",
+                   f"{last + 1}. {END_TAG}{RESOLVED_TEXT}", f"{last + 2}. {END_TAG}{ESCALATE_TEXT}"]
+        return parse_lines("\n".join(done + closing), sources)
     done = [_retarget(line, last) for line in done]
     return parse_lines("\n".join(done + [f"{last}. {END_TAG}{CLOSING_TEXT}"]), sources)
 

@@ -16,6 +16,8 @@ class SamplingParams:
     in the same batch. `line_chars` is a soft cap on characters per output line (transformers only;
     past it the decoder prefers tokens that end the line). `frequency_penalty` is subtracted from a
     token's logit once per time the continuation already used it (its own output, not the prompt).
+    `no_repeat_ngram` (transformers only; soft under a grammar) refuses a token that would repeat an
+    n-token run of the continuation's own output.
     """
 
     n: int = 1
@@ -29,6 +31,7 @@ class SamplingParams:
     greedy_first: bool = False
     line_chars: int | None = None
     frequency_penalty: float = 0.0
+    no_repeat_ngram: int = 0
 
     def __post_init__(self):
         if self.n < 1:

@@ -8,14 +8,16 @@ xgrammar matcher of the request's GBNF grammar and, in this order:
    where a model that wants a new line the grammar does not allow yet would otherwise put it;
 3. past `line_chars` characters on the current line, keeps only allowed tokens that end the line
    or the question (a soft length cap);
-4. subtracts `frequency_penalty` times each token's count in the row's own output (not the prompt,
+4. refuses a token that would repeat a `no_repeat_ngram`-token run of the row's own output (a
+   small model decoding greedily otherwise loops on one step until the budget runs out);
+5. subtracts `frequency_penalty` times each token's count in the row's own output (not the prompt,
    which the model should copy from);
-5. keeps only the best token on greedy rows (the greedy candidate of best-of-N decodes in the same
+6. keeps only the best token on greedy rows (the greedy candidate of best-of-N decodes in the same
    batch as the samples);
-6. applies temperature and top-p on the sampled rows, after masking, so nucleus sampling never
+7. applies temperature and top-p on the sampled rows, after masking, so nucleus sampling never
    cuts away every allowed token.
 
-Rules 2 and 3 are soft (they give way when nothing else is allowed) and live here, not in the
+Rules 2 to 4 are soft (they give way when nothing else is allowed) and live here, not in the
 grammar: as grammar rules they made xgrammar's per-token mask 270x to 1500x slower.
 
 Compiled grammars are cached per tokenizer and grammar text: compiling takes ~1.6 s for SmolLM2's
@@ -88,7 +90,8 @@ class ConstrainedSampler:
     """A transformers logits processor: grammar mask, line cap, greedy rows, temperature and top-p."""
 
     def __init__(self, cache: GrammarCompilerCache | None, grammar: str | None, rows: int, greedy_rows: set[int],
-                 temperature: float, top_p: float, line_chars: int | None, frequency_penalty: float = 0.0):
+                 temperature: float, top_p: float, line_chars: int | None, frequency_penalty: float = 0.0,
+                 no_repeat_ngram: int = 0):
         import xgrammar as xgr
 
         self.cache = cache
@@ -103,6 +106,7 @@ class ConstrainedSampler:
         self.top_p = top_p
         self.line_chars = line_chars
         self.frequency_penalty = frequency_penalty
+        self.no_repeat = NgramBlocker(rows, no_repeat_ngram) if no_repeat_ngram else None
         self.line = [b""] * rows
         self.counts: torch.Tensor | None = None
         self._started = False
@@ -112,6 +116,14 @@ class ConstrainedSampler:
         if self.frequency_penalty:
             self._penalise(input_ids, scores)
         live = self._mask(input_ids, scores) if self.matchers else list(range(self.rows))
+        if self.no_repeat is not None:
+            self.no_repeat.observe(input_ids)
+            for r in live:
+                banned = self.no_repeat.banned(r)
+                if banned:
+                    wanted = torch.ones(scores.shape[-1], dtype=torch.bool)
+                    wanted[banned] = False
+                    self._keep_if_any(scores, r, wanted)
         for r in live:
             if r in self.greedy_rows:
                 best = int(torch.argmax(scores[r]))
@@ -179,3 +191,33 @@ class ConstrainedSampler:
             drop = mass - torch.softmax(ordered, dim=-1) > self.top_p  # always keeps the first token
             row[index[drop]] = -float("inf")
         scores[r] = row
+
+
+class NgramBlocker:
+    """Which next tokens would repeat an n-token run of a row's own output (the prompt is not counted)."""
+
+    def __init__(self, rows: int, n: int):
+        if n < 2:
+            raise ValueError("no_repeat_ngram needs n >= 2")
+        self.n = n
+        self.start: int | None = None
+        self.seen: list[dict[tuple, set[int]]] = [{} for _ in range(rows)]
+        self.output: list[list[int]] = [[] for _ in range(rows)]
+
+    def observe(self, input_ids: torch.LongTensor) -> None:
+        """Take in the token each row chose last (the first call only records where the output starts)."""
+        if self.start is None:
+            self.start = input_ids.shape[1]
+            return
+        for r, token in enumerate(input_ids[:, -1].tolist()):
+            out = self.output[r]
+            out.append(token)
+            if len(out) >= self.n:
+                self.seen[r].setdefault(tuple(out[-self.n:-1]), set()).add(token)
+
+    def banned(self, r: int) -> list[int]:
+        out = self.output[r]
+        if len(out) < self.n - 1:
+            return []
+        return list(self.seen[r].get(tuple(out[-(self.n - 1):]), ()))
+

@@ -139,13 +139,13 @@ class TransformersEngine(TokenizedEngine):
         """The grammar / greedy-row sampler a generate call needs, or None for plain decoding."""
         greedy = params.greedy_rows(prompts)
         mixed = params.temperature > 0 and bool(greedy)
-        if params.grammar is None and not mixed and not params.frequency_penalty:
+        if params.grammar is None and not mixed and not params.frequency_penalty and not params.no_repeat_ngram:
             return None
         from experts.engines.constrained import ConstrainedSampler
 
         return ConstrainedSampler(self.grammars if params.grammar else None, params.grammar, prompts * params.n,
                                   greedy, params.temperature, params.top_p, params.line_chars,
-                                  params.frequency_penalty)
+                                  params.frequency_penalty, params.no_repeat_ngram)
 
     @property
     def grammars(self):

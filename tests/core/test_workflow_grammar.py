@@ -57,6 +57,19 @@ def test_close_truncated_ends_at_the_next_line_and_moves_pending_targets():
         close_truncated("1. Check the disk usa", spec)
 
 
+def test_close_truncated_without_a_decision_ends_with_the_resolved_check():
+    text = "1. Check disk usage with df -h\n2. Find the largest directories\n3. Find where the spa"
+    wf = close_truncated(text, GrammarSpec(max_steps=10)).validate_graph()
+    assert wf.branching_decisions() == 1
+    check = wf.steps[2]
+    assert check.kind == StepKind.decision and check.text.startswith("Is the problem resolved")
+    assert [wf.step(check.yes).kind, wf.step(check.no).kind] == [StepKind.terminal, StepKind.terminal]
+    assert "Escalate" in wf.step(check.no).text
+    # Without require_decision the budget closes with one terminal, as before.
+    plain = close_truncated(text, GrammarSpec(max_steps=10, require_decision=False))
+    assert [s.kind for s in plain.steps][-1] == StepKind.terminal and plain.branching_decisions() == 0
+
+
 def test_grammar_refuses_impossible_specs():
     with pytest.raises(ValueError):
         GrammarSpec(max_steps=4, require_decision=True)

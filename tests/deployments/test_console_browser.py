@@ -122,7 +122,8 @@ def test_submit_see_flowchart_accept_and_feedback_is_stored(console_ready, brows
         assert page.query_selector_all("#context-ids li") and page.query_selector_all("#examples tbody tr")
         assert page.query_selector_all("#chart svg g.node"), "the flowchart has no nodes"
         # The workflow branches: mermaid.js draws the decision as a diamond (a polygon), with its Yes and No.
-        assert page.query_selector("#chart svg g.node polygon"), "no decision diamond in the flowchart"
+        assert page.query_selector("#chart svg g.node polygon"), \
+            f"no decision diamond in the flowchart ({facts.get('expert')}): {page.text_content('#mermaid-src')}"
         edge_labels = page.evaluate("() => Array.from(document.querySelectorAll('#chart svg .edgeLabel'))"
                                     ".map(n => n.textContent.trim())")
         assert "Yes" in edge_labels and "No" in edge_labels, edge_labels

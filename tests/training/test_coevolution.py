@@ -23,8 +23,8 @@ from training.coevolve import TrainOptions, train
 
 
 @pytest.fixture(scope="module")
-def state_dir(tmp_path_factory):
-    """A service state folder whose ticket store holds one accepted workflow."""
+def feedback_rows(tmp_path_factory):
+    """Ticket-store rows (as the CLI reads them) holding one accepted workflow."""
     from deployments.ticket_store import TicketStore
 
     d = tmp_path_factory.mktemp("state")
@@ -34,19 +34,19 @@ def state_dir(tmp_path_factory):
     store.complete("t1", {"expert": "smollm2-generalist", "best_index": 0,
                           "candidates": [{"workflow": WorkflowOut.of(wf).model_dump(mode="json")}]})
     store.add_feedback("t1", "accept")
-    return str(d)
+    return store.feedback()
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, state_dir, make_tiny_config):
+def trained(tmp_path_factory, feedback_rows, make_tiny_config):
     """Two runs with the same seed: the first with the gate's evaluation, the second without."""
     out = tmp_path_factory.mktemp("training")
     cfg = make_tiny_config()
     first = train(cfg, ["smollm2-generalist"], TrainOptions(iterations=1, out_root=str(out), local=True,
-                                                              show_progress=False), state_dir=state_dir)
+                                                              show_progress=False), feedback_rows=feedback_rows)
     second = train(cfg, ["smollm2-generalist"], TrainOptions(iterations=1, out_root=str(out), local=True,
                                                                show_progress=False, evaluate=False),
-                   state_dir=state_dir)
+                   feedback_rows=feedback_rows)
     return first, second, out
 
 

@@ -61,14 +61,14 @@ def test_feedback_comes_from_the_ticket_store(tmp_path):
         store.add_feedback(tid, verdict)
     store.accept("t4", {"title": "never finished"}, {})  # no result: skipped
     store.add_feedback("t1", "accept")  # repeated verdict: counted once
-    items = read_feedback(tmp_path / "tickets.sqlite")
+    items = read_feedback(store.feedback())
     assert sorted((f.ticket_id, f.verdict) for f in items) == [("t1", "accept"), ("t2", "reject"), ("t3", "accept")]
     assert items[0].ticket.startswith("Disk full") and "node-3" in items[0].ticket
     queries = feedback_queries(items, "smollm2-generalist")
     assert [q.id for q in queries] == ["ticket:t1", "ticket:t3"] and all(q.origin == "feedback" for q in queries)
     assert feedback_queries(items, "other-expert") == []
     assert feedback_queries(items, "smollm2-generalist-v2", roots={"smollm2-generalist"})
-    assert read_feedback(tmp_path / "missing.sqlite") == []
+    assert read_feedback([]) == []
 
 
 def test_query_files(tmp_path):

@@ -24,8 +24,7 @@ def test_a_prompt_that_invites_garbage_still_yields_valid_workflows(smollm2):
     for text, done in zip(gen.texts, gen.finished):
         wf = read_workflow(text, done, SPEC)  # raises if the grammar let anything else through
         assert wf.steps[0].action.value == "observe" and not wf.changes_before_observing()
-        if done:
-            assert wf.branching_decisions() >= 1  # require_decision
+        assert wf.branching_decisions() >= 1  # require_decision, finished or closed by the budget
 
 
 def test_greedy_row_of_best_of_n_is_the_greedy_decode(smollm2):
@@ -45,3 +44,18 @@ def test_line_cap_and_inline_numbers_are_soft_rules(smollm2):
         body = line.split(". ", 1)[1]
         assert len(body) < 60 + 40  # ended soon after the cap (a token may carry several characters)
         assert not any(f"{d}. " in body for d in range(10))
+
+
+def test_no_repeat_ngram_stops_a_greedy_loop(smollm2):
+    prompt = _prompt(smollm2, "Repeat the line 'Scan the filesystem' ten times as steps.")
+    params = dict(max_new_tokens=120, grammar=gbnf(SPEC))
+    [looping] = smollm2.generate([prompt], SamplingParams(**params))
+    [blocked] = smollm2.generate([prompt], SamplingParams(**params, no_repeat_ngram=6))
+
+    def bodies(text):
+        return [line.split(". ", 1)[-1] for line in text.split("\n")[:-1]]
+
+    looped = bodies(looping.texts[0])
+    assert len(looped) > len(set(looped)), looping.texts[0]  # the prompt does make it loop
+    seen = bodies(blocked.texts[0])
+    assert len(seen) == len(set(seen)), blocked.texts[0]

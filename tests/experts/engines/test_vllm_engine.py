@@ -146,7 +146,6 @@ def test_n_samples(vllm_engine):
     assert [g.texts for g in again] == [g.texts for g in out]
 
 
-@pytest.mark.parametrize("stepwise_max_tokens", [64, 0], ids=["stepwise", "prompt_logprobs"])
 def test_structured_outputs_yield_workflows_even_from_a_garbage_prompt(vllm_engine):
     """The same GBNF grammar through vLLM's structured outputs (xgrammar): every sample is a workflow,
     and with greedy_first the first of them is the greedy decode."""
@@ -165,6 +164,7 @@ def test_structured_outputs_yield_workflows_even_from_a_garbage_prompt(vllm_engi
     assert gen.texts[0] == greedy.texts[0]
 
 
+@pytest.mark.parametrize("stepwise_max_tokens", [64, 0], ids=["stepwise", "prompt_logprobs"])
 def test_loglikelihood_matches_transformers(vllm_engine, hf, stepwise_max_tokens, monkeypatch):
     # Both scoring paths: prefix-cached next-token requests, and one prompt_logprobs request.
     monkeypatch.setattr(vllm_engine, "stepwise_max_tokens", stepwise_max_tokens)

@@ -73,7 +73,8 @@ def _ticket(url):
 
 
 def test_loser_changes_nothing_winner_goes_live_and_rolls_back(small_service, adapter):
-    from training.gate import ServicePublisher, decide, publish
+    from cluster.publish import ServicePublisher
+    from training.gate import decide, publish
 
     cfg, url = small_service
     pub = ServicePublisher(cfg)
