@@ -128,10 +128,6 @@ def cosine_scores(predictions: Sequence[str], references: Sequence[str],
     return [0.0 if not str(p).strip() else float(s) for p, s in zip(predictions, sims)]
 
 
-def free_text_similarity(prediction: str, reference: str, encode=None) -> float:
-    return cosine_scores([prediction], [reference], encode)[0]
-
-
 # ---- workflows -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepScores:
@@ -145,7 +141,7 @@ def workflow_scores(generated: list[str], reference: list[str]) -> StepScores:
     from its 0-100 scale to [0, 1] (and clipped there) so it averages with accuracies."""
     try:
         from core.stepscore import step_score
-    except ImportError as exc:  # written by a colleague; fail with a clear message until it exists
+    except ImportError as exc:  # only workflow items need STEPScore: say which items, not just what is missing
         raise RuntimeError("workflow items need core.stepscore.step_score, which is not importable: "
                            f"{exc}") from exc
     if not generated:

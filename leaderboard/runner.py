@@ -1,11 +1,11 @@
 """Building a leaderboard: every expert on every task, checkpointed, resumable, incremental.
 
-`build_leaderboard(taskset, specs, out_dir, max_items)` samples at most `max_items` items per task
-(deterministic), skips every (expert version, item) that already has a result under the same
-evaluation settings, evaluates the rest with a progress bar and appends results to Parquet part
-files every `flush_every` items (and on any exception), then derives the score matrix, the map
-(eq. 5 / eq. 8) and the heatmap. Interrupt it, or let an engine fail, and the next call continues
-with the items that have no result yet.
+`build_leaderboard(taskset, specs, out_dir, LeaderboardRunOptions(max_items=...))` samples at most
+`max_items` items per task (deterministic), skips every (expert version, item) that already has a
+result under the same evaluation settings, evaluates the rest with a progress bar and appends
+results to Parquet part files every `flush_every` items (and on any exception), then derives the
+score matrix, the map (eq. 5 / eq. 8) and the heatmap. Interrupt it, or let an engine fail, and the
+next call continues with the items that have no result yet.
 
 `add_model(spec, out_dir)` adds (or replaces, by name) one expert in an existing leaderboard:
 only that expert is evaluated, the others' results are reused, and the map diff is returned.
@@ -17,7 +17,7 @@ import csv
 import gc
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[ModelSpec], Engine]
 PlanFnFactory = Callable[[ModelSpec, Engine], PlanFn]
+Classifier = Callable[[list[str]], list[str]]
 
 
 class LeaderboardError(RuntimeError):
@@ -113,32 +114,96 @@ def _row(r: ItemResult, spec: ModelSpec, fp: str, key: str, tv: str, item_key: s
             "latency_s": r.latency_s, "detail": json.dumps(r.detail, ensure_ascii=False), "created": utc_now()}
 
 
+@dataclass(frozen=True)
+class LeaderboardRunOptions:
+    """How a build samples items, what it evaluates, how often it checkpoints and what it draws."""
+
+    max_items: int | None = None  # per task; None evaluates every item
+    seed: int = 0  # item sampling
+    settings: EvalSettings = field(default_factory=EvalSettings)
+    only: frozenset[str] | None = None  # expert versions (fingerprints) to evaluate; None: all
+    progress: bool = True
+    flush_every: int = 8  # results buffered before a Parquet part file is written
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        # Any iterable is accepted (a generator too); frozen so it can be read once per expert.
+        if self.only is not None and not isinstance(self.only, frozenset):
+            object.__setattr__(self, "only", frozenset(self.only))
+
+
+@dataclass(frozen=True)
+class LeaderboardHooks:
+    """Injectable pieces of a build; every one left None uses the real implementation."""
+
+    engine_factory: EngineFactory | None = None  # spec -> Engine; default: `default_engine_factory`
+    plan_fn_factory: PlanFnFactory | None = None  # (spec, engine) -> planner for workflow items
+    similarity_fn: SimilarityFn | None = None  # free-text scorer; default: MiniLM cosine
+    classify: Classifier | None = None  # texts -> tasks, scored on the task set's holdout
+
+
+@dataclass(frozen=True)
+class _Build:
+    """What the steps of one build share: the results folder, the item sample and the results key."""
+
+    out: Path
+    store: ResultStore
+    taskset: TaskSet
+    taskset_version: str
+    settings_key: str
+    options: LeaderboardRunOptions
+    items: list
+    item_keys: dict[str, str]
+
+
+class _OverallBar:
+    """One progress bar across all experts; every call is a no-op when there is no bar."""
+
+    def __init__(self, bar, total: int):
+        self._bar = bar
+        self._task = bar.add_task("leaderboard", total=total) if bar else None
+
+    def loading(self, spec: ModelSpec) -> None:
+        if self._bar:
+            self._bar.update(self._task, description=f"{spec.name}: loading")
+
+    def advance(self, spec: ModelSpec, batch: list[ItemResult]) -> None:
+        if self._bar:
+            self._bar.update(self._task, advance=len(batch), description=f"{spec.name} · {batch[0].task}")
+
+
 def build_leaderboard(
     taskset: TaskSet,
     specs: Sequence[ModelSpec],
     out_dir: str | Path,
-    max_items: int | None = None,
+    options: LeaderboardRunOptions | None = None,
     *,
-    seed: int = 0,
-    settings: EvalSettings | None = None,
-    engine_factory: EngineFactory | None = None,
-    plan_fn_factory: PlanFnFactory | None = None,
-    similarity_fn: SimilarityFn | None = None,
-    only: Iterable[str] | None = None,
-    progress: bool = True,
-    flush_every: int = 8,
-    plots: bool = True,
-    classify: Callable[[list[str]], list[str]] | None = None,
+    hooks: LeaderboardHooks | None = None,
 ) -> LeaderboardRun:
-    """Evaluate every expert in `specs` on at most `max_items` items per task of `taskset`.
+    """Evaluate every expert in `specs` on at most `options.max_items` items per task of `taskset`.
 
-    `only` (expert versions) restricts evaluation to those experts; the others' stored results are
-    still used for the matrix. `engine_factory(spec)` loads an expert (default: the registry /
-    TransformersEngine), only when it has items left to evaluate. `plan_fn_factory(spec, engine)`
-    gives the planner for workflow items. `classify(texts) -> tasks`, when given, is scored on the
-    task set's holdout (confusion matrix figure and classification.json).
+    `options.only` (expert versions) restricts evaluation to those experts; the others' stored
+    results are still used for the matrix. `hooks.engine_factory(spec)` loads an expert (default:
+    the registry / TransformersEngine), only when it has items left to evaluate.
+    `hooks.plan_fn_factory(spec, engine)` gives the planner for workflow items.
+    `hooks.classify(texts) -> tasks`, when given, is scored on the task set's holdout (confusion
+    matrix figure and classification.json).
     """
+    options = options or LeaderboardRunOptions()
+    hooks = hooks or LeaderboardHooks()
     specs = list(specs)
+    _check_inputs(taskset, specs)
+    build = _start_build(taskset, specs, Path(out_dir), options)
+    pending, reused = _pending_items(build, specs)
+    evaluated = _evaluate_pending(build, specs, pending, hooks)
+    run = _collect(build.out, build.store, taskset, build.items, build.item_keys, specs, build.settings_key)
+    run.evaluated, run.reused = evaluated, reused
+    _finish(run, taskset, options, hooks.classify)
+    return run
+
+
+def _check_inputs(taskset: TaskSet, specs: list[ModelSpec]) -> None:
+    """Refuse a build without experts, with duplicate expert names or without evaluation items."""
     if not specs:
         raise LeaderboardError("no experts to evaluate")
     names = [s.name for s in specs]
@@ -148,74 +213,93 @@ def build_leaderboard(
         raise LeaderboardError(f"task set {taskset.name!r} has no evaluation items (classification only): "
                                "experts cannot be ranked on it; use it to evaluate the classifier, or add "
                                "items (MC, free text or workflow cases)")
-    settings = settings or EvalSettings()
-    engine_factory = engine_factory or default_engine_factory
-    out = Path(out_dir)
+
+
+def _start_build(taskset: TaskSet, specs: list[ModelSpec], out: Path, options: LeaderboardRunOptions) -> _Build:
+    """Create the results folder, store the task set and the manifest, and sample the items."""
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out)
-    tv, key = taskset.version(), settings.key()
+    tv, key = taskset.version(), options.settings.key()
     ts_dir = out / "tasksets" / tv
     if not (ts_dir / "taskset.yaml").exists():
         taskset.save(ts_dir)
     write_manifest(out, {
         "taskset": {"name": taskset.name, "version": tv, "dir": str(ts_dir.relative_to(out))},
-        "settings": asdict(settings), "settings_key": key, "max_items": max_items, "seed": seed,
-        "experts": [s.model_dump(mode="json") for s in specs], "updated": utc_now(),
+        "settings": asdict(options.settings), "settings_key": key, "max_items": options.max_items,
+        "seed": options.seed, "experts": [s.model_dump(mode="json") for s in specs], "updated": utc_now(),
     })
+    items = sample_items(taskset.items, options.max_items, options.seed)
+    return _Build(out=out, store=store, taskset=taskset, taskset_version=tv, settings_key=key, options=options,
+                  items=items, item_keys={i.id: i.key() for i in items})
 
-    items = sample_items(taskset.items, max_items, seed)
-    item_keys = {i.id: i.key() for i in items}
-    only_set = set(only) if only is not None else None
+
+def _pending_items(build: _Build, specs: list[ModelSpec]) -> tuple[dict[str, list], dict[str, int]]:
+    """Per expert to evaluate, the sampled items without a stored result; per expert, how many have one."""
     pending: dict[str, list] = {}
     reused: dict[str, int] = {}
+    only = build.options.only
     for spec in specs:
-        done = store.done(spec.fingerprint(), key)
-        todo = [i for i in items if item_keys[i.id] not in done]
-        reused[spec.name] = len(items) - len(todo)
-        if only_set is None or spec.fingerprint() in only_set:
+        done = build.store.done(spec.fingerprint(), build.settings_key)
+        todo = [i for i in build.items if build.item_keys[i.id] not in done]
+        reused[spec.name] = len(build.items) - len(todo)
+        if only is None or spec.fingerprint() in only:
             pending[spec.name] = todo
+    return pending, reused
+
+
+def _evaluate_pending(build: _Build, specs: list[ModelSpec], pending: dict[str, list],
+                      hooks: LeaderboardHooks) -> dict[str, int]:
+    """Evaluate every expert's pending items, one loaded engine at a time; items evaluated per expert."""
     evaluated = {s.name: 0 for s in specs}
     total = sum(len(v) for v in pending.values())
-    log.info("leaderboard %s@%s: %d items/task selected, %d evaluations to run", taskset.name, tv,
-             max_items or -1, total)
-
-    with _progress(progress and total > 0) as bar:
-        overall = bar.add_task("leaderboard", total=total) if bar else None
+    log.info("leaderboard %s@%s: %d items/task selected, %d evaluations to run", build.taskset.name,
+             build.taskset_version, build.options.max_items or -1, total)
+    engine_factory = hooks.engine_factory or default_engine_factory
+    with _progress(build.options.progress and total > 0) as bar:
+        overall = _OverallBar(bar, total)
         for spec in specs:
             todo = pending.get(spec.name) or []
-            if not todo:
-                continue
-            fp = spec.fingerprint()
-            if bar:
-                bar.update(overall, description=f"{spec.name}: loading")
-            engine = engine_factory(spec)
-            try:
-                plan_fn = None
-                if plan_fn_factory and any(isinstance(i, WorkflowItem) for i in todo):
-                    plan_fn = plan_fn_factory(spec, engine)
-                buffer: list[dict] = []
-                try:
-                    for batch in evaluate_items(engine, spec, todo, settings=settings, plan_fn=plan_fn,
-                                                similarity_fn=similarity_fn):
-                        buffer.extend(_row(r, spec, fp, key, tv, item_keys[r.item_id]) for r in batch)
-                        evaluated[spec.name] += len(batch)
-                        if bar:
-                            bar.update(overall, advance=len(batch), description=f"{spec.name} · {batch[0].task}")
-                        if len(buffer) >= flush_every:
-                            store.write(buffer)
-                            buffer = []
-                finally:
-                    # Whatever finished before a failure or an interrupt is kept for the next run.
-                    store.write(buffer)
-            finally:
-                engine.close()
-                del engine
-                gc.collect()
+            if todo:
+                overall.loading(spec)
+                evaluated[spec.name] = _evaluate_expert(build, spec, todo, engine_factory, hooks, overall)
+    return evaluated
 
-    run = _collect(out, store, taskset, items, item_keys, specs, key)
-    run.evaluated, run.reused = evaluated, reused
-    _finish(run, taskset, max_items, plots, classify)
-    return run
+
+def _evaluate_expert(build: _Build, spec: ModelSpec, todo: list, engine_factory: EngineFactory,
+                     hooks: LeaderboardHooks, overall: _OverallBar) -> int:
+    """Load `spec`'s engine, evaluate and store its pending items, and free the engine again."""
+    engine = engine_factory(spec)
+    try:
+        plan_fn = None
+        if hooks.plan_fn_factory and any(isinstance(i, WorkflowItem) for i in todo):
+            plan_fn = hooks.plan_fn_factory(spec, engine)
+        return _evaluate_and_store(build, spec, engine, todo, plan_fn, hooks.similarity_fn, overall)
+    finally:
+        engine.close()
+        del engine
+        gc.collect()
+
+
+def _evaluate_and_store(build: _Build, spec: ModelSpec, engine: Engine, todo: list, plan_fn: PlanFn | None,
+                        similarity_fn: SimilarityFn | None, overall: _OverallBar) -> int:
+    """Evaluate `todo` in batches, writing results every `flush_every` rows; the number evaluated."""
+    fp = spec.fingerprint()
+    count = 0
+    buffer: list[dict] = []
+    try:
+        for batch in evaluate_items(engine, spec, todo, settings=build.options.settings, plan_fn=plan_fn,
+                                    similarity_fn=similarity_fn):
+            buffer.extend(_row(r, spec, fp, build.settings_key, build.taskset_version, build.item_keys[r.item_id])
+                          for r in batch)
+            count += len(batch)
+            overall.advance(spec, batch)
+            if len(buffer) >= build.options.flush_every:
+                build.store.write(buffer)
+                buffer = []
+    finally:
+        # Whatever finished before a failure or an interrupt is kept for the next run.
+        build.store.write(buffer)
+    return count
 
 
 def _collect(out: Path, store: ResultStore, taskset: TaskSet, items: list, item_keys: dict, specs, key) -> LeaderboardRun:
@@ -251,41 +335,64 @@ def latest_map(out_dir: str | Path) -> tuple[TaskMap, Path] | None:
     return found[-1][2], found[-1][3]
 
 
-def _finish(run: LeaderboardRun, taskset: TaskSet, max_items, plots: bool, classify) -> None:
-    out = run.out_dir
-    matrix = run.matrix
-    _write_scores(out / "scores.csv", matrix, run.seconds_per_item)
+def _finish(run: LeaderboardRun, taskset: TaskSet, options: LeaderboardRunOptions,
+            classify: Classifier | None) -> None:
+    """Write scores.csv, derive the map when every cell is complete, score the classifier, draw the
+    figures and write summary.json."""
+    _write_scores(run.out_dir / "scores.csv", run.matrix, run.seconds_per_item)
     if run.complete:
-        source = (f"leaderboard {taskset.name}@{run.taskset_version} settings {run.settings_key} "
-                  f"max_items {max_items if max_items is not None else 'all'}; experts "
-                  + ", ".join(matrix.experts))
-        new = derive_map(matrix, source=source)
-        prev = latest_map(out)
-        if prev and content_hash(prev[0]) == content_hash(new) and prev[0].routes == new.routes:
-            run.task_map, run.map_path = prev
-        else:
-            (out / "maps").mkdir(exist_ok=True)
-            path = out / "maps" / f"{new.version}.yaml"
-            new.dump(path)
-            run.task_map, run.map_path, run.map_is_new = new, path, True
+        _store_map(run, taskset, options.max_items)
     else:
-        log.warning("leaderboard incomplete (%d cells short of items): no map derived", len(matrix.missing()))
+        log.warning("leaderboard incomplete (%d cells short of items): no map derived", len(run.matrix.missing()))
     if classify is not None and taskset.holdout:
-        from leaderboard.evaluate import evaluate_classifier
+        _score_classifier(run, taskset, classify, options.plots)
+    if options.plots and run.matrix.eval_tasks():
+        _plot_matrix(run, taskset, options.max_items)
+    _write_summary(run, taskset)
 
-        report = evaluate_classifier(classify, taskset.holdout, taskset.task_names)
-        run.classification = report.as_dict()
-        (out / "classification.json").write_text(json.dumps(run.classification, indent=2), encoding="utf-8")
-        if plots:
-            from leaderboard.plots import plot_confusion
 
-            run.figures.append(plot_confusion(report, out / "confusion.png",
-                                              title=f"Classifier on {taskset.name} holdout"))
-    if plots and matrix.eval_tasks():
-        from leaderboard.plots import plot_leaderboard
+def _store_map(run: LeaderboardRun, taskset: TaskSet, max_items: int | None) -> None:
+    """Derive the map from the matrix; reuse the latest stored map when it is the same, else write it."""
+    out, matrix = run.out_dir, run.matrix
+    source = (f"leaderboard {taskset.name}@{run.taskset_version} settings {run.settings_key} "
+              f"max_items {max_items if max_items is not None else 'all'}; experts "
+              + ", ".join(matrix.experts))
+    new = derive_map(matrix, source=source)
+    prev = latest_map(out)
+    if prev and content_hash(prev[0]) == content_hash(new) and prev[0].routes == new.routes:
+        run.task_map, run.map_path = prev
+    else:
+        (out / "maps").mkdir(exist_ok=True)
+        path = out / "maps" / f"{new.version}.yaml"
+        new.dump(path)
+        run.task_map, run.map_path, run.map_is_new = new, path, True
 
-        title = f"{taskset.name} @ {run.taskset_version} (max {max_items or 'all'} items/task)"
-        run.figures.append(plot_leaderboard(matrix, out / "leaderboard.png", title=title))
+
+def _score_classifier(run: LeaderboardRun, taskset: TaskSet, classify: Classifier, plots: bool) -> None:
+    """Score `classify` on the holdout into classification.json (and confusion.png with plots)."""
+    from leaderboard.evaluate import evaluate_classifier
+
+    report = evaluate_classifier(classify, taskset.holdout, taskset.task_names)
+    run.classification = report.as_dict()
+    (run.out_dir / "classification.json").write_text(json.dumps(run.classification, indent=2), encoding="utf-8")
+    if plots:
+        from leaderboard.plots import plot_confusion
+
+        run.figures.append(plot_confusion(report, run.out_dir / "confusion.png",
+                                          title=f"Classifier on {taskset.name} holdout"))
+
+
+def _plot_matrix(run: LeaderboardRun, taskset: TaskSet, max_items: int | None) -> None:
+    """Draw the score matrix into leaderboard.png."""
+    from leaderboard.plots import plot_leaderboard
+
+    title = f"{taskset.name} @ {run.taskset_version} (max {max_items or 'all'} items/task)"
+    run.figures.append(plot_leaderboard(run.matrix, run.out_dir / "leaderboard.png", title=title))
+
+
+def _write_summary(run: LeaderboardRun, taskset: TaskSet) -> None:
+    """Write summary.json: matrix, averages, latency, the current map and the missing cells."""
+    out, matrix = run.out_dir, run.matrix
     summary = {"taskset": taskset.name, "taskset_version": run.taskset_version, "settings_key": run.settings_key,
                "matrix": matrix.to_rows(), "averages": averages(matrix), "seconds_per_item": run.seconds_per_item,
                "map": run.task_map.version if run.task_map else None,
@@ -359,12 +466,12 @@ def add_model(
     replaced = next((s for s in old_specs if s.name == spec.name), None)
     specs = [s for s in old_specs if s.name != spec.name] + [spec]
     prev = latest_map(out)
-    run = build_leaderboard(
-        taskset, specs, out, manifest.get("max_items"),
-        seed=manifest.get("seed", 0), settings=EvalSettings(**manifest["settings"]), engine_factory=engine_factory,
-        plan_fn_factory=plan_fn_factory, similarity_fn=similarity_fn, only=[spec.fingerprint()],
-        progress=progress, plots=plots,
-    )
+    options = LeaderboardRunOptions(max_items=manifest.get("max_items"), seed=manifest.get("seed", 0),
+                                    settings=EvalSettings(**manifest["settings"]), only=frozenset([spec.fingerprint()]),
+                                    progress=progress, plots=plots)
+    hooks = LeaderboardHooks(engine_factory=engine_factory, plan_fn_factory=plan_fn_factory,
+                             similarity_fn=similarity_fn)
+    run = build_leaderboard(taskset, specs, out, options, hooks=hooks)
     old_map = prev[0] if prev else None
     diff = diff_maps(old_map, run.task_map) if run.task_map else None
     return AddModelResult(run=run, old_map=old_map, new_map=run.task_map, diff=diff, replaced=replaced)

@@ -537,22 +537,6 @@ def workflow_items(cases: Iterable, task: str | Callable[[Any], str | None]) -> 
     return out
 
 
-def nearest_task_assigner(examples: list[LabeledQuery]) -> Callable[[Any], str]:
-    """case -> task of the labeled example nearest to the case's query (character n-gram TF-IDF
-    cosine): a cheap, deterministic way to file unlabeled workflow cases under tasks."""
-    from core.embeddings import LexicalIndex
-
-    if not examples:
-        raise TaskSetError("assigning cases to tasks needs labeled examples")
-    index = LexicalIndex([q.text for q in examples])
-
-    def assign(case) -> str:
-        _, idx = index.search([str(case.query)], 1)
-        return examples[int(idx[0][0])].task
-
-    return assign
-
-
 def from_starter(directory: str | Path | None = None, cases: Iterable | None = None,
                  case_task: str | Callable[[Any], str | None] | None = None,
                  case_rules: dict[str, str] | None = None) -> TaskSet:

@@ -68,11 +68,6 @@ def write_metadata(adapter_dir: str | Path, meta: dict) -> None:
     Path(adapter_dir, META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def read_metadata(adapter_dir: str | Path) -> dict | None:
-    p = Path(adapter_dir, META_FILE)
-    return json.loads(p.read_text()) if p.exists() else None
-
-
 def rebase_paths(obj, old: str, new: str):
     """`obj` with every string starting with `old` re-rooted at `new` (paths written before a rename)."""
     if isinstance(obj, str):

@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from core.config import FlowRouterConfig, ModelSpec
+from core.training_config import TrainingConfig
 from leaderboard.workflow_cases import WorkflowCase
 from training import artifacts
 from training.data import ExcludingRetriever, FeedbackItem, TrainQuery, sample
@@ -86,171 +87,289 @@ def _summary(stage) -> dict:
     return out
 
 
-def run_job(job: TrainJob | dict, progress: Progress | None = None) -> dict:
-    """Train one expert; returns its metrics (also written to `<version>/metrics.json`)."""
-    import torch
+def _stage_metrics(summary: dict) -> dict:
+    """The part of a stage summary that goes into the adapter's metadata: first/last values and step counts."""
+    return {k: v for k, v in summary.items() if "@" in k or k in ("steps", "seconds_per_step")}
 
-    from experts.planner import Planner
-    from experts.scorer import Scorer
-    from training.planner_rl import train_planner
-    from training.scorer_dpo import agreement, feedback_rows, preference_rows, score_triples, synthesize, train_scorer
 
-    job = TrainJob.model_validate(job)
-    cfg = FlowRouterConfig.model_validate(job.config)
-    tc = cfg.training
-    torch.set_num_threads(tc.threads)
-    progress = progress or (lambda stage, done, total: None)
-    root = artifacts.expert_root(job.expert.name)
-    version, partial = artifacts.reserve_version(job.out_root, root)
-    final_dir = partial.with_name(f"v{version:04d}")
-    t_job = time.perf_counter()
-    # Knowledge scopes are tags of the service's own documents; training retrieves from the whole base.
-    expert = job.expert.model_copy(update={"knowledge_scope": []})
-    from experts.engines.weights import resolve_weights
+def _initial_metrics(job: TrainJob, tc: TrainingConfig, root: str, version: int, final_dir: Path) -> dict:
+    """The metrics a job starts with: what is trained, on which data, from which serving adapters."""
+    return {"expert": job.expert.name, "root": root, "version": version, "dir": str(final_dir),
+            "iterations_planned": job.iterations, "seed": tc.seed, "created": artifacts.utc_now(),
+            "algorithms": {"planner": tc.planner_rl.algorithm, "scorer": tc.scorer_dpo.algorithm},
+            "data": {"train_queries": len(job.queries),
+                     "feedback_queries": sum(q.origin == "feedback" for q in job.queries),
+                     "feedback_verdicts": len(job.feedback), "holdout_cases": len(job.holdout),
+                     "holdout_ids": [c.id for c in job.holdout]},
+            "serving": {"planner_adapter": job.expert.adapter, "scorer_adapter": job.scorer.adapter},
+            "iterations": [], "libraries": artifacts.library_versions()}
 
-    planner_weights = resolve_weights(expert.base)
-    scorer_weights = resolve_weights(job.scorer.base)
-    metrics: dict = {"expert": job.expert.name, "root": root, "version": version, "dir": str(final_dir),
-                     "iterations_planned": job.iterations, "seed": tc.seed, "created": artifacts.utc_now(),
-                     "algorithms": {"planner": tc.planner_rl.algorithm, "scorer": tc.scorer_dpo.algorithm},
-                     "data": {"train_queries": len(job.queries),
-                              "feedback_queries": sum(q.origin == "feedback" for q in job.queries),
-                              "feedback_verdicts": len(job.feedback), "holdout_cases": len(job.holdout),
-                              "holdout_ids": [c.id for c in job.holdout]},
-                     "serving": {"planner_adapter": job.expert.adapter, "scorer_adapter": job.scorer.adapter},
-                     "iterations": [], "libraries": artifacts.library_versions()}
-    metas: list[tuple[Path, dict]] = []
-    try:
+
+def _import_training_libraries() -> None:
+    """Import torch and the trainers up front, so a missing one fails before a version is reserved."""
+    import torch  # noqa: F401
+
+    import experts.planner  # noqa: F401
+    import experts.scorer  # noqa: F401
+    import training.planner_rl  # noqa: F401
+    import training.scorer_dpo  # noqa: F401
+
+
+class _JobRun:
+    """One job in progress: its settings, version folder, loaded models and the metrics so far.
+
+    The methods are the stages of `run_job`, in the order it calls them.
+    """
+
+    def __init__(self, job: TrainJob, progress: Progress | None):
+        """Reserve the next version folder, resolve both models' weights and start the metrics."""
+        import torch
+
+        self.job = job
+        self.cfg = FlowRouterConfig.model_validate(job.config)
+        self.tc = self.cfg.training
+        self.rl, self.dpo = self.tc.planner_rl, self.tc.scorer_dpo
+        torch.set_num_threads(self.tc.threads)
+        self.progress = progress or (lambda stage, done, total: None)
+        self.root = artifacts.expert_root(job.expert.name)
+        self.version, self.partial = artifacts.reserve_version(job.out_root, self.root)
+        self.final_dir = self.partial.with_name(f"v{self.version:04d}")
+        self.t_job = time.perf_counter()
+        # Knowledge scopes are tags of the service's own documents; training retrieves from the whole base.
+        self.expert = job.expert.model_copy(update={"knowledge_scope": []})
+        from experts.engines.weights import resolve_weights
+
+        self.planner_weights = resolve_weights(self.expert.base)
+        self.scorer_weights = resolve_weights(job.scorer.base)
+        self.metrics: dict = _initial_metrics(job, self.tc, self.root, self.version, self.final_dir)
+        self.metas: list[tuple[Path, dict]] = []
+
+    # ---- data ------------------------------------------------------------------------------------
+    def open_knowledge(self) -> None:
+        """Open the knowledge base the Planner is grounded in (no retrieval without `knowledge_dir`)."""
         kb = None
-        if job.knowledge_dir:
+        if self.job.knowledge_dir:
             from experts.knowledge.retrieve import KnowledgeBase
 
-            kb = KnowledgeBase.open(job.knowledge_dir)
-        retriever = ExcludingRetriever(kb, tc.exclude_own_doc) if kb is not None else None
-        rl, dpo = tc.planner_rl, tc.scorer_dpo
-        k_nodes_full = max(1, rl.context_nodes)
+            kb = KnowledgeBase.open(self.job.knowledge_dir)
+        self.retriever = ExcludingRetriever(kb, self.tc.exclude_own_doc) if kb is not None else None
+        self.k_nodes_full = max(1, self.rl.context_nodes)
 
-        def full_context(q):
-            # The "good" level: the correct knowledge, the query's own runbook included.
-            if retriever is None:
-                return None
-            return retriever.retrieve(q.text, q.source, rl.context_chunks, k_nodes_full, hide=False)
+    def full_context(self, q: TrainQuery):
+        """The "good" level: the correct knowledge, the query's own runbook included."""
+        if self.retriever is None:
+            return None
+        return self.retriever.retrieve(q.text, q.source, self.rl.context_chunks, self.k_nodes_full, hide=False)
 
-        def rl_context(q):
-            if retriever is None or (rl.context_chunks == 0 and rl.context_nodes == 0):
-                return None
-            return retriever.retrieve(q.text, q.source, rl.context_chunks, rl.context_nodes)
+    def rl_context(self, q: TrainQuery):
+        """The Planner's context during RL (its own runbook hidden when `exclude_own_doc`); None without RL context."""
+        if self.retriever is None or (self.rl.context_chunks == 0 and self.rl.context_nodes == 0):
+            return None
+        return self.retriever.retrieve(q.text, q.source, self.rl.context_chunks, self.rl.context_nodes)
 
-        synth_cfg = cfg.planner.model_copy(update={"max_new_tokens": dpo.generation_tokens})
-        planner_adapter, scorer_adapter = job.expert.adapter, job.scorer.adapter
-        progress("loading models", 0, 1)
-        planner_engine = _engine(expert, planner_adapter, tc.threads)
-        scorer_engine = _engine(job.scorer, scorer_adapter, tc.threads)
-        scorer = Scorer(scorer_engine, cfg.scorer.dimensions, cfg.scorer.structure_weight, cfg.scorer.grounding_weight)
+    # ---- models ----------------------------------------------------------------------------------
+    def load_models(self) -> None:
+        """Load the serving Planner and Scorer (with their adapters, if any): the starting point."""
+        self.synth_cfg = self.cfg.planner.model_copy(update={"max_new_tokens": self.dpo.generation_tokens})
+        self.planner_adapter, self.scorer_adapter = self.job.expert.adapter, self.job.scorer.adapter
+        self.progress("loading models", 0, 1)
+        self.planner_engine = _engine(self.expert, self.planner_adapter, self.tc.threads)
+        self.scorer_engine = _engine(self.job.scorer, self.scorer_adapter, self.tc.threads)
+        self.scorer = self._scorer()
 
-        # ---- iteration 0: what serves now ------------------------------------------------------
+    def _scorer(self):
+        """The Scorer on the currently loaded Scorer engine."""
+        from experts.scorer import Scorer
+
+        sc = self.cfg.scorer
+        return Scorer(self.scorer_engine, sc.dimensions, sc.structure_weight, sc.grounding_weight)
+
+    def _synth_planner(self):
+        """The current Planner with the token budget for synthesizing good / fair / poor workflows."""
+        from experts.planner import Planner
+
+        return Planner(self.expert, self.planner_engine, self.synth_cfg)
+
+    def _holdout_quality(self) -> dict:
+        """Held-out STEPScore of the currently loaded Planner and Scorer."""
+        return holdout_quality(self.cfg, self.expert, self.planner_engine, self.scorer_engine, self.job.knowledge_dir,
+                               self.job.holdout, self.tc.gate.candidates, self.tc.exclude_own_doc)
+
+    def close_models(self) -> None:
+        """Release both engines once the last iteration is done."""
+        self.planner_engine.close()
+        self.scorer_engine.close()
+
+    # ---- iteration 0 -----------------------------------------------------------------------------
+    def sample_held_out(self) -> None:
+        """Synthesize the held-out triples every iteration's Scorer agreement is measured on."""
+        from training.scorer_dpo import synthesize
+
         held_queries = [TrainQuery(id=c.id, text=c.query, source=c.source)
-                        for c in sample(job.holdout, tc.gate.agreement_queries, tc.seed)]
-        progress("held-out triples", 0, 1)
-        held_triples = synthesize(Planner(expert, planner_engine, synth_cfg), held_queries, full_context,
-                                  rl.context_chunks, k_nodes_full, seed=tc.seed)
-        it0: dict = {"iteration": 0, "agreement": agreement(score_triples(scorer, held_triples))}
-        if job.evaluate and job.holdout:
-            progress("evaluate serving", 0, 1)
-            it0["holdout"] = holdout_quality(cfg, expert, planner_engine, scorer_engine, job.knowledge_dir,
-                                             job.holdout, tc.gate.candidates, tc.exclude_own_doc)
-        metrics["iterations"].append(it0)
+                        for c in sample(self.job.holdout, self.tc.gate.agreement_queries, self.tc.seed)]
+        self.progress("held-out triples", 0, 1)
+        self.held_triples = synthesize(self._synth_planner(), held_queries, self.full_context,
+                                       self.rl.context_chunks, self.k_nodes_full, seed=self.tc.seed)
 
-        for i in range(1, job.iterations + 1):
-            tag = f"iteration {i}/{job.iterations}"
-            it: dict = {"iteration": i}
-            # ---- Planner RL ---------------------------------------------------------------------
-            planner = Planner(expert, planner_engine, cfg.planner)
-            rows = [{"prompt": planner.prompt(q.text, rl_context(q)), "ticket": q.text} for q in job.queries]
-            planner_engine.close()
-            del planner_engine, planner
-            stage = train_planner(weights=planner_weights, init_adapter=planner_adapter,
-                                  out_dir=partial / f"iter-{i}" / "planner", rows=rows, scorer=scorer, cfg=rl,
-                                  seed=tc.seed + i, steps=job.rl_steps, progress=progress,
-                                  stage=f"{tag} planner RL")
-            it["rl"] = _summary(stage)
-            metas.append((Path(stage.adapter), {
-                "kind": "planner", "expert": job.expert.name, "root": root, "base": expert.base,
-                "parent_adapter": planner_adapter, "iteration": i, "version": version,
-                "algorithm": rl.algorithm, "config": rl.model_dump(), "seed": tc.seed + i,
-                "data": {"queries": len(rows), "query_ids": [q.id for q in job.queries]},
-                "metrics": {k: v for k, v in it["rl"].items() if "@" in k or k in ("steps", "seconds_per_step")}}))
-            planner_adapter = stage.adapter
-            planner_engine = _engine(expert, planner_adapter, tc.threads)
+    def evaluate_serving(self) -> None:
+        """Iteration 0: the serving models' Scorer agreement and (when asked) held-out STEPScore."""
+        from training.scorer_dpo import agreement, score_triples
 
-            # ---- Scorer DPO ---------------------------------------------------------------------
-            progress(f"{tag} synthesize pairs", 0, 1)
-            triples = synthesize(Planner(expert, planner_engine, synth_cfg), job.queries, full_context,
-                                 rl.context_chunks, k_nodes_full, seed=tc.seed + i)
-            before = score_triples(scorer, triples)
-            prefs, counts = preference_rows(triples, before, scorer_engine, cfg.scorer.dimensions, dpo)
-            fb = feedback_rows(job.feedback, scorer_engine, cfg.scorer.dimensions, dpo) if tc.feedback else []
-            counts.update({"train_agreement_before": agreement(before), "feedback_rows": len(fb),
-                           "preference_rows": len(prefs)})
-            if prefs or fb:
-                stage = train_scorer(weights=scorer_weights, init_adapter=scorer_adapter,
-                                     out_dir=partial / f"iter-{i}" / "scorer", rows=prefs + fb, cfg=dpo,
-                                     seed=tc.seed + i, steps=job.dpo_steps, progress=progress,
-                                     stage=f"{tag} scorer DPO")
-                it["dpo"] = {**_summary(stage), "pairs": counts}
-                metas.append((Path(stage.adapter), {
-                    "kind": "scorer", "expert": job.expert.name, "root": root, "base": job.scorer.base,
-                    "parent_adapter": scorer_adapter, "iteration": i, "version": version,
-                    "algorithm": dpo.algorithm, "config": dpo.model_dump(), "seed": tc.seed + i,
-                    "data": {**counts, **stage.data},
-                    "metrics": {k: v for k, v in it["dpo"].items() if "@" in k or k in ("steps", "seconds_per_step")}}))
-                scorer_adapter = stage.adapter
-                scorer_engine.close()
-                scorer_engine = _engine(job.scorer, scorer_adapter, tc.threads)
-                scorer = Scorer(scorer_engine, cfg.scorer.dimensions, cfg.scorer.structure_weight, cfg.scorer.grounding_weight)
-            else:
-                it["dpo"] = {"skipped": "no preference rows: the Scorer contradicted every pair and there is "
-                                        "no feedback", "pairs": counts, "steps": 0}
-            it["agreement"] = agreement(score_triples(scorer, held_triples))
-            if job.evaluate and job.holdout and (tc.gate.eval_every_iteration or i == job.iterations):
-                progress(f"{tag} evaluate", 0, 1)
-                it["holdout"] = holdout_quality(cfg, expert, planner_engine, scorer_engine, job.knowledge_dir,
-                                                job.holdout, tc.gate.candidates, tc.exclude_own_doc)
-            metrics["iterations"].append(it)
-            for _adapter, meta in metas:
-                if meta["iteration"] == i:
-                    meta["metrics"].update({"holdout_f1": (it.get("holdout") or {}).get("f1"),
-                                            "agreement": it["agreement"]})
-        planner_engine.close()
-        scorer_engine.close()
+        it0: dict = {"iteration": 0, "agreement": agreement(score_triples(self.scorer, self.held_triples))}
+        if self.job.evaluate and self.job.holdout:
+            self.progress("evaluate serving", 0, 1)
+            it0["holdout"] = self._holdout_quality()
+        self.metrics["iterations"].append(it0)
 
-        # ---- result ------------------------------------------------------------------------------
-        last = metrics["iterations"][-1]
-        metrics["candidate"] = {"planner_adapter": planner_adapter, "scorer_adapter": scorer_adapter,
+    # ---- iteration i -----------------------------------------------------------------------------
+    def coevolve(self, i: int) -> None:
+        """Iteration i: Planner RL, then Scorer DPO, then the gate's measurements of both."""
+        tag = f"iteration {i}/{self.job.iterations}"
+        it: dict = {"iteration": i}
+        it["rl"] = self.train_planner(i, tag)
+        it["dpo"] = self.train_scorer(i, tag)
+        self.evaluate_iteration(it, tag)
+        self.metrics["iterations"].append(it)
+        self.attach_gate_metrics(it)
+
+    def train_planner(self, i: int, tag: str) -> dict:
+        """Planner GRPO with the current Scorer as reward, from the previous Planner adapter; reload it."""
+        from experts.planner import Planner
+        from training.planner_rl import train_planner
+
+        planner = Planner(self.expert, self.planner_engine, self.cfg.planner)
+        rows = [{"prompt": planner.prompt(q.text, self.rl_context(q)), "ticket": q.text} for q in self.job.queries]
+        # Training loads its own copy of the weights: drop the serving one first.
+        self.planner_engine.close()
+        del planner
+        self.planner_engine = None
+        stage = train_planner(weights=self.planner_weights, init_adapter=self.planner_adapter,
+                              out_dir=self.partial / f"iter-{i}" / "planner", rows=rows, scorer=self.scorer,
+                              cfg=self.rl, seed=self.tc.seed + i, steps=self.job.rl_steps, progress=self.progress,
+                              stage=f"{tag} planner RL")
+        summary = _summary(stage)
+        self.metas.append((Path(stage.adapter), {
+            "kind": "planner", "expert": self.job.expert.name, "root": self.root, "base": self.expert.base,
+            "parent_adapter": self.planner_adapter, "iteration": i, "version": self.version,
+            "algorithm": self.rl.algorithm, "config": self.rl.model_dump(), "seed": self.tc.seed + i,
+            "data": {"queries": len(rows), "query_ids": [q.id for q in self.job.queries]},
+            "metrics": _stage_metrics(summary)}))
+        self.planner_adapter = stage.adapter
+        self.planner_engine = _engine(self.expert, self.planner_adapter, self.tc.threads)
+        return summary
+
+    def preference_pairs(self, i: int, tag: str) -> tuple[list[dict], dict]:
+        """DPO rows: the new Planner's workflow pairs the current Scorer does not contradict, plus
+        operator feedback; with their counts."""
+        from training.scorer_dpo import agreement, feedback_rows, preference_rows, score_triples, synthesize
+
+        self.progress(f"{tag} synthesize pairs", 0, 1)
+        triples = synthesize(self._synth_planner(), self.job.queries, self.full_context,
+                             self.rl.context_chunks, self.k_nodes_full, seed=self.tc.seed + i)
+        before = score_triples(self.scorer, triples)
+        dims = self.cfg.scorer.dimensions
+        prefs, counts = preference_rows(triples, before, self.scorer_engine, dims, self.dpo)
+        fb = feedback_rows(self.job.feedback, self.scorer_engine, dims, self.dpo) if self.tc.feedback else []
+        counts.update({"train_agreement_before": agreement(before), "feedback_rows": len(fb),
+                       "preference_rows": len(prefs)})
+        return prefs + fb, counts
+
+    def train_scorer(self, i: int, tag: str) -> dict:
+        """Scorer DPO on this iteration's preference rows (skipped without any); reload the Scorer."""
+        from training.scorer_dpo import train_scorer
+
+        rows, counts = self.preference_pairs(i, tag)
+        if not rows:
+            return {"skipped": "no preference rows: the Scorer contradicted every pair and there is "
+                               "no feedback", "pairs": counts, "steps": 0}
+        stage = train_scorer(weights=self.scorer_weights, init_adapter=self.scorer_adapter,
+                             out_dir=self.partial / f"iter-{i}" / "scorer", rows=rows, cfg=self.dpo,
+                             seed=self.tc.seed + i, steps=self.job.dpo_steps, progress=self.progress,
+                             stage=f"{tag} scorer DPO")
+        summary = {**_summary(stage), "pairs": counts}
+        self.metas.append((Path(stage.adapter), {
+            "kind": "scorer", "expert": self.job.expert.name, "root": self.root, "base": self.job.scorer.base,
+            "parent_adapter": self.scorer_adapter, "iteration": i, "version": self.version,
+            "algorithm": self.dpo.algorithm, "config": self.dpo.model_dump(), "seed": self.tc.seed + i,
+            "data": {**counts, **stage.data},
+            "metrics": _stage_metrics(summary)}))
+        self.scorer_adapter = stage.adapter
+        self.scorer_engine.close()
+        self.scorer_engine = _engine(self.job.scorer, self.scorer_adapter, self.tc.threads)
+        self.scorer = self._scorer()
+        return summary
+
+    def evaluate_iteration(self, it: dict, tag: str) -> None:
+        """The new Scorer's held-out agreement and, on the iterations the gate asks for, held-out STEPScore."""
+        from training.scorer_dpo import agreement, score_triples
+
+        i = it["iteration"]
+        it["agreement"] = agreement(score_triples(self.scorer, self.held_triples))
+        if self.job.evaluate and self.job.holdout and (self.tc.gate.eval_every_iteration or i == self.job.iterations):
+            self.progress(f"{tag} evaluate", 0, 1)
+            it["holdout"] = self._holdout_quality()
+
+    def attach_gate_metrics(self, it: dict) -> None:
+        """Copy the iteration's held-out F1 and agreement into the metadata of the adapters it trained."""
+        for _adapter, meta in self.metas:
+            if meta["iteration"] == it["iteration"]:
+                meta["metrics"].update({"holdout_f1": (it.get("holdout") or {}).get("f1"),
+                                        "agreement": it["agreement"]})
+
+    # ---- result ----------------------------------------------------------------------------------
+    def record_candidate(self) -> None:
+        """Put the last iteration (the candidate) next to iteration 0 (what serves) for the gate."""
+        metrics = self.metrics
+        it0, last = metrics["iterations"][0], metrics["iterations"][-1]
+        metrics["candidate"] = {"planner_adapter": self.planner_adapter, "scorer_adapter": self.scorer_adapter,
                                 "f1": (last.get("holdout") or {}).get("f1"), "agreement": last["agreement"]}
         metrics["serving"].update({"f1": (it0.get("holdout") or {}).get("f1"), "agreement": it0["agreement"]})
-        metrics["seconds"] = round(time.perf_counter() - t_job, 1)
+        metrics["seconds"] = round(time.perf_counter() - self.t_job, 1)
         metrics["status"] = "ok"
-        old, new = str(partial), str(final_dir)
-        for path, meta in metas:
+
+    def write_outputs(self) -> dict:
+        """Write the adapters' metadata, metrics.json and report.png with paths in the final folder,
+        then rename the partial folder to it; the metrics."""
+        old, new = str(self.partial), str(self.final_dir)
+        for path, meta in self.metas:
             meta = artifacts.rebase_paths(meta, old, new)
-            meta.update({"created": artifacts.utc_now(), "libraries": metrics["libraries"]})
+            meta.update({"created": artifacts.utc_now(), "libraries": self.metrics["libraries"]})
             artifacts.write_metadata(path, meta)
-        metrics = artifacts.rebase_paths(metrics, old, new)
-        (partial / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        artifacts.plot_report(metrics, partial / "report.png")
-        metrics["report"] = str(final_dir / "report.png")
-        artifacts.finish(partial, ok=True)
+        self.metrics = metrics = artifacts.rebase_paths(self.metrics, old, new)
+        (self.partial / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        artifacts.plot_report(metrics, self.partial / "report.png")
+        metrics["report"] = str(self.final_dir / "report.png")
+        artifacts.finish(self.partial, ok=True)
         return metrics
-    except BaseException as exc:
-        metrics.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                       seconds=round(time.perf_counter() - t_job, 1))
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Keep a failed run as `vNNNN.failed/` with its traceback and the metrics so far."""
+        self.metrics.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                            seconds=round(time.perf_counter() - self.t_job, 1))
         try:
-            (partial / "error.txt").write_text(traceback.format_exc())
-            (partial / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-            artifacts.finish(partial, ok=False)
+            (self.partial / "error.txt").write_text(traceback.format_exc())
+            (self.partial / "metrics.json").write_text(json.dumps(self.metrics, indent=2, default=str))
+            artifacts.finish(self.partial, ok=False)
         except OSError:
-            log.exception("could not record the failed run in %s", partial)
+            log.exception("could not record the failed run in %s", self.partial)
+
+
+def run_job(job: TrainJob | dict, progress: Progress | None = None) -> dict:
+    """Train one expert; returns its metrics (also written to `<version>/metrics.json`)."""
+    _import_training_libraries()
+    run = _JobRun(TrainJob.model_validate(job), progress)
+    try:
+        run.open_knowledge()
+        run.load_models()
+        run.sample_held_out()
+        run.evaluate_serving()
+        for i in range(1, run.job.iterations + 1):
+            run.coevolve(i)
+        run.close_models()
+        run.record_candidate()
+        return run.write_outputs()
+    except BaseException as exc:
+        run.record_failure(exc)
         raise
 
 

@@ -154,7 +154,7 @@ def _specs(args) -> tuple[list, object]:
 def cmd_build(args) -> int:
     from core.task_map import MapError
     from leaderboard.evaluate import EvalSettings
-    from leaderboard.runner import LeaderboardError, build_leaderboard
+    from leaderboard.runner import LeaderboardError, LeaderboardRunOptions, build_leaderboard
 
     specs, cfg = _specs(args)
     taskset = _load_taskset(args.taskset, args.cases, args.case_tasks)
@@ -163,9 +163,10 @@ def cmd_build(args) -> int:
     if max_items is not None and max_items < 0:
         raise CliError("--max-items must be >= 0")
     try:
-        run = build_leaderboard(taskset, specs, out, max_items, seed=args.seed,
-                                settings=EvalSettings(batch_size=max(1, args.batch_size)),
-                                progress=not args.quiet, plots=not args.no_plots)
+        options = LeaderboardRunOptions(max_items=max_items, seed=args.seed,
+                                        settings=EvalSettings(batch_size=max(1, args.batch_size)),
+                                        progress=not args.quiet, plots=not args.no_plots)
+        run = build_leaderboard(taskset, specs, out, options)
     except (LeaderboardError, MapError) as exc:
         raise CliError(str(exc)) from exc
     _print_run(run)

@@ -200,8 +200,8 @@ def test_add_model_publish_refuses_a_map_for_other_tasks(svc, capsys, tmp_path, 
                  items=[MCItem(id=f"{t}1", task=t, question=f"{t}?", options={"A": "a", "B": "b"}, answer=["A"])
                         for t in "xy"])
     out = tmp_path / "lb"
-    runner.build_leaderboard(ts, [ModelSpec(name="alpha", base="smollm2-135m-instruct")], out, plots=False,
-                             progress=False)
+    runner.build_leaderboard(ts, [ModelSpec(name="alpha", base="smollm2-135m-instruct")], out,
+                             runner.LeaderboardRunOptions(plots=False, progress=False))
     spec = tmp_path / "new.yaml"
     spec.write_text(yaml.safe_dump({"name": "gamma", "base": "smollm2-135m-instruct"}))
     code, _, err = _run(capsys, "leaderboard", "add-model", str(spec), "--out", str(out), "--quiet", "--no-plots",

@@ -41,6 +41,7 @@ def slim_service(tmp_path_factory, service_factory):
     def configure(cfg):
         cfg.experts = [e for e in cfg.experts if e.name == OLD]
         cfg.scorer.model.replicas = 1
+        cfg.planner.max_new_tokens = 48  # routing and publishing are tested here, not workflow quality
         tasks.extend(t.name for t in load_tasks(cfg.tasks.tasks))
         (work / "map.yaml").write_text(yaml.safe_dump({"version": "slim-1", "routes": {t: OLD for t in tasks},
                                                        "fallback": OLD, "source": "test_lifecycle_e2e"}))
@@ -139,8 +140,8 @@ def test_add_model_publish_while_tickets_flow_then_rollback(slim_service, tmp_pa
                         for t in svc["tasks"]])
     out = tmp_path / "lb"
     old_spec = next(e for e in svc["cfg"].experts if e.name == OLD)
-    runner.build_leaderboard(ts, [old_spec], out, engine_factory=lambda s: ScriptedEngine(set(svc["tasks"]) - set(WON)),
-                             progress=False, plots=False)
+    runner.build_leaderboard(ts, [old_spec], out, runner.LeaderboardRunOptions(progress=False, plots=False),
+                             hooks=runner.LeaderboardHooks(engine_factory=lambda s: ScriptedEngine(set(svc["tasks"]) - set(WON))))
 
     spec = ModelSpec(name=NEW, base="smollm2-135m-instruct", description="SmolLM2 as an on-call SRE",
                      system_prompt="You are an on-call SRE for storage and databases. Write short, concrete, "

@@ -4,6 +4,7 @@ real build with SmolLM2 on three MC items."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +15,14 @@ from core.task_map import TaskMap
 from experts.engines.base import Engine, Generation
 from leaderboard.evaluate import EvalSettings, evaluate_expert, sample_items
 from leaderboard.results import ResultStore, read_manifest
-from leaderboard.runner import LeaderboardError, add_model, build_leaderboard, load_leaderboard
+from leaderboard.runner import (
+    LeaderboardError,
+    LeaderboardHooks,
+    LeaderboardRunOptions,
+    add_model,
+    build_leaderboard,
+    load_leaderboard,
+)
 from leaderboard.tasksets import FreeTextItem, MCItem, TaskInfo, TaskSet, WorkflowItem
 
 TASKS = ["net", "db", "app"]
@@ -104,13 +112,18 @@ def _sim(preds, refs):
 
 
 KNOWS = {"alpha": {"net", "app"}, "beta": {"db"}, "gamma": {"db", "app"}}
+QUIET = LeaderboardRunOptions(progress=False)
+
+
+def _hooks(factory, **kw) -> LeaderboardHooks:
+    return LeaderboardHooks(engine_factory=factory, similarity_fn=_sim, **kw)
 
 
 def test_build_scores_every_expert_and_derives_the_map(tmp_path):
     ts = _taskset()
     f = Factory(ts, KNOWS)
-    run = build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path, max_items=None, engine_factory=f,
-                            similarity_fn=_sim, progress=False)
+    run = build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path,
+                            LeaderboardRunOptions(max_items=None, progress=False), hooks=_hooks(f))
     m = run.matrix
     # net: 4 MC. alpha right on all, beta wrong on all.
     assert m.scores["net"] == {"alpha": 1.0, "beta": 0.0}
@@ -135,12 +148,10 @@ def test_build_scores_every_expert_and_derives_the_map(tmp_path):
 
 def test_rebuild_reuses_everything(tmp_path):
     ts = _taskset()
-    build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path, engine_factory=Factory(ts, KNOWS),
-                      similarity_fn=_sim, progress=False)
+    build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path, QUIET, hooks=_hooks(Factory(ts, KNOWS)))
     first_map = load_leaderboard(tmp_path).task_map
     f = Factory(ts, KNOWS)
-    run = build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path, engine_factory=f, similarity_fn=_sim,
-                            progress=False)
+    run = build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path, QUIET, hooks=_hooks(f))
     assert f.built == []  # no engine loaded at all
     assert run.evaluated == {"alpha": 0, "beta": 0} and run.reused == {"alpha": 14, "beta": 14}
     assert not run.map_is_new and run.task_map.version == first_map.version
@@ -149,11 +160,11 @@ def test_rebuild_reuses_everything(tmp_path):
 def test_resume_after_injected_failure(tmp_path):
     ts = _taskset(n=6)  # 3 tasks x 6 + 2 extra = 20 items
     specs = [_spec("alpha"), _spec("beta")]
+    batch_of_two = LeaderboardRunOptions(settings=EvalSettings(batch_size=2), progress=False)
     # beta's engine dies on its 3rd label_probs call (batch size 2 -> after 4 items)
     broken = Factory(ts, KNOWS, fail_after={"beta": 2})
     with pytest.raises(RuntimeError, match="injected"):
-        build_leaderboard(ts, specs, tmp_path, engine_factory=broken, similarity_fn=_sim, progress=False,
-                          settings=EvalSettings(batch_size=2), flush_every=100)
+        build_leaderboard(ts, specs, tmp_path, replace(batch_of_two, flush_every=100), hooks=_hooks(broken))
     assert broken.engines["beta"].closed
     store = ResultStore(tmp_path)
     done_alpha = store.done(specs[0].fingerprint(), EvalSettings(batch_size=2).key())
@@ -164,8 +175,7 @@ def test_resume_after_injected_failure(tmp_path):
     assert ("net", "beta", 2, 6) in partial.matrix.missing() or partial.matrix.missing()
 
     healthy = Factory(ts, KNOWS)
-    run = build_leaderboard(ts, specs, tmp_path, engine_factory=healthy, similarity_fn=_sim, progress=False,
-                            settings=EvalSettings(batch_size=2))
+    run = build_leaderboard(ts, specs, tmp_path, batch_of_two, hooks=_hooks(healthy))
     assert healthy.built == ["beta"]  # alpha was complete: never loaded again
     assert run.evaluated == {"alpha": 0, "beta": 16} and run.reused == {"alpha": 20, "beta": 4}
     beta_seen = healthy.engines["beta"].items_seen
@@ -173,15 +183,14 @@ def test_resume_after_injected_failure(tmp_path):
     assert run.complete and run.task_map is not None
 
     # identical to an uninterrupted build
-    fresh = build_leaderboard(ts, specs, tmp_path / "fresh", engine_factory=Factory(ts, KNOWS),
-                              similarity_fn=_sim, progress=False, settings=EvalSettings(batch_size=2))
+    fresh = build_leaderboard(ts, specs, tmp_path / "fresh", batch_of_two, hooks=_hooks(Factory(ts, KNOWS)))
     assert fresh.matrix.scores == run.matrix.scores and fresh.task_map.routes == run.task_map.routes
 
 
 def test_add_model_evaluates_only_the_new_expert(tmp_path):
     ts = _taskset()
-    build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path, max_items=3, engine_factory=Factory(ts, KNOWS),
-                      similarity_fn=_sim, progress=False)
+    build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path, LeaderboardRunOptions(max_items=3, progress=False),
+                      hooks=_hooks(Factory(ts, KNOWS)))
     f = Factory(ts, KNOWS)
     res = add_model(_spec("gamma"), tmp_path, engine_factory=f, similarity_fn=_sim, progress=False)
     assert f.built == ["gamma"]
@@ -239,8 +248,8 @@ def test_workflow_items_use_the_injected_planner(tmp_path, monkeypatch):
                  items=[WorkflowItem(id="w1", task="k8s", query="pod crashloop",
                                      reference_steps=["describe pod", "read logs"])])
     plans = {"alpha": ["describe pod", "restart"], "beta": ["describe pod", "read logs"]}
-    run = build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path, engine_factory=Factory(ts, KNOWS),
-                            plan_fn_factory=lambda spec, engine: (lambda q: plans[spec.name]), progress=False)
+    hooks = LeaderboardHooks(engine_factory=Factory(ts, KNOWS), plan_fn_factory=lambda spec, engine: (lambda q: plans[spec.name]))
+    run = build_leaderboard(ts, [_spec("alpha"), _spec("beta")], tmp_path, QUIET, hooks=hooks)
     assert run.matrix.scores["k8s"] == {"alpha": 0.5, "beta": 1.0} and run.task_map.routes == {"k8s": "beta"}
 
 
@@ -291,7 +300,7 @@ def test_real_smollm2_on_three_mc_items(tmp_path):
                options={"A": "SELECT", "B": "UPDATE", "C": "DELETE", "D": "GRANT"}, answer=["B", "C"], n_stated=2),
     ])
     spec = ModelSpec(name="smollm2", base="smollm2-135m-instruct", prompt_format="chat")
-    run = build_leaderboard(ts, [spec], tmp_path, progress=False, plots=False)
+    run = build_leaderboard(ts, [spec], tmp_path, LeaderboardRunOptions(progress=False, plots=False))
     rows = pq.read_table(ResultStore(tmp_path).parts()[0]).to_pylist()
     assert len(rows) == 3 and {r["item_id"] for r in rows} == {"r1", "r2", "r3"}
     for r in rows:
@@ -319,8 +328,8 @@ def test_injected_classifier_gets_a_report_and_confusion_figure(tmp_path):
                                                    LabeledQuery(id="h2", text="slow query", task="db"),
                                                    LabeledQuery(id="h3", text="502 on deploy", task="app")]})
     guesses = {"vpn down": "net", "slow query": "net", "502 on deploy": "unknown"}
-    run = build_leaderboard(ts, [_spec("alpha")], tmp_path, engine_factory=Factory(ts, KNOWS), similarity_fn=_sim,
-                            progress=False, classify=lambda texts: [guesses[t] for t in texts])
+    run = build_leaderboard(ts, [_spec("alpha")], tmp_path, QUIET,
+                            hooks=_hooks(Factory(ts, KNOWS), classify=lambda texts: [guesses[t] for t in texts]))
     assert run.classification["accuracy"] == pytest.approx(1 / 3)
     assert run.classification["columns"] == ["net", "db", "app", "unknown"]
     assert (tmp_path / "confusion.png").stat().st_size > 1000
