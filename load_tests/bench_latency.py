@@ -5,6 +5,8 @@
 Sends the starter pack's sample tickets one after another (no concurrency, cache bypassed where the
 service supports it) and prints, per stage, the median and p90 of the service's own timings plus the
 client-side end-to-end latency, and the share of end-to-end time spent outside the model stages.
+It also says what came back: how many workflows have a decision with both branches, and how many
+answers were grounded in matched knowledge.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from core.workflow import Workflow
 
 STARTER_TICKETS = Path(__file__).resolve().parents[1] / "starter" / "tickets.jsonl"
 STAGES = ("classify", "retrieve", "plan", "score", "compute", "total")
@@ -34,6 +38,7 @@ def run(url: str, count: int, candidates: int, tickets_file: Path, warmup: int =
     timings: dict[str, list[float]] = {s: [] for s in STAGES}
     client: list[float] = []
     experts: dict[str, int] = {}
+    branching = matched = 0
     key = os.environ.get("FLOWROUTER_API_KEY")  # for a service in `auth.mode: keys`
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(timeout=900, headers=headers) as http:
@@ -49,12 +54,14 @@ def run(url: str, count: int, candidates: int, tickets_file: Path, warmup: int =
             body = r.json()
             client.append(elapsed)
             experts[body["expert"]] = experts.get(body["expert"], 0) + 1
+            branching += Workflow.model_validate({"steps": body["workflow"]["steps"]}).branching_decisions() >= 1
+            matched += (body.get("knowledge") or {}).get("status") == "matched"
             for s in STAGES:
                 if s in body["timings_ms"]:
                     timings[s].append(body["timings_ms"][s])
     model_ms = [c + p + s for c, p, s in zip(timings["classify"], timings["plan"], timings["score"])]
     return {
-        "count": count, "candidates": candidates, "experts": experts,
+        "count": count, "candidates": candidates, "experts": experts, "branching": branching, "matched": matched,
         "stages": {s: {"p50_ms": round(statistics.median(v), 1), "p90_ms": round(_pct(v, 0.9), 1)}
                    for s, v in timings.items() if v},
         "client_p50_ms": round(statistics.median(client), 1),
@@ -70,7 +77,9 @@ def render(result: dict) -> str:
     lines.append(f"| client end-to-end | {result['client_p50_ms']} | {result['client_p90_ms']} |")
     lines.append("")
     lines.append(f"{result['count']} tickets, best-of-{result['candidates']}, experts used: {result['experts']}; "
-                 f"time outside the classify/plan/score stages: {100 * result['outside_stages_share']:.1f}%")
+                 f"time outside the classify/plan/score stages: {100 * result['outside_stages_share']:.1f}%; "
+                 f"workflows with a decision having both branches: {result['branching']}/{result['count']}; "
+                 f"grounded in matched knowledge: {result['matched']}/{result['count']}")
     return "\n".join(lines)
 
 

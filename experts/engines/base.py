@@ -124,6 +124,23 @@ class TokenizedEngine(Engine):
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def split_continuation(self, context: str, continuation: str) -> tuple[list[int], int]:
+        """Token ids of context+continuation and the index of the first continuation token.
+
+        Whitespace belongs to the continuation (BPE vocabularies attach it to the next word), and
+        the split is the longest common prefix of the context's and the whole text's token ids.
+        """
+        if not continuation:
+            raise ValueError("continuation must be non-empty")
+        stripped = context.rstrip(" ")
+        continuation = context[len(stripped):] + continuation
+        ctx = self._encode_prompt(stripped)
+        full = self._encode_prompt(stripped + continuation)
+        split = common_prefix_len(ctx, full)
+        if split == len(full):
+            split = len(full) - 1
+        return full, max(split, 1)
+
     def _encode_prompt(self, text: str) -> list[int]:
         ids = self._encode(text)
         bos = self.tokenizer.bos_token_id
@@ -131,6 +148,14 @@ class TokenizedEngine(Engine):
         if bos is not None and not (self.chat and self.has_chat_template) and (not ids or ids[0] != bos):
             ids = [bos] + ids
         return ids
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def label_split(prompt_ids: list[int], with_labels: list[list[int]]) -> tuple[list[int], list[int]] | None:

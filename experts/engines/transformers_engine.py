@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from experts.engines.base import Generation, SamplingParams, TokenizedEngine, label_split
+from experts.engines.base import Generation, SamplingParams, TokenizedEngine, common_prefix_len, label_split
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +24,6 @@ _MIN_REUSE = 32
 _PREFIX_LRU = 8
 # Upper bound on tokens per forward batch (rows x length) so memory stays flat on long inputs.
 _MAX_BATCH_TOKENS = 16384
-
-
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class TransformersEngine(TokenizedEngine):
@@ -197,18 +189,9 @@ class TransformersEngine(TokenizedEngine):
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
         seqs, starts = [], []
         for context, continuation in requests:
-            if not continuation:
-                raise ValueError("continuation must be non-empty")
-            # Whitespace belongs to the continuation, as BPE vocabularies attach it to the next word.
-            stripped = context.rstrip(" ")
-            continuation = context[len(stripped):] + continuation
-            ctx = self._encode_prompt(stripped)
-            full = self._encode_prompt(stripped + continuation)
-            split = _lcp(ctx, full)
-            if split == len(full):
-                split = len(full) - 1
+            full, start = self.split_continuation(context, continuation)
             seqs.append(full)
-            starts.append(max(split, 1))
+            starts.append(start)
         positions = [list(range(s - 1, len(q) - 1)) for q, s in zip(seqs, starts)]
         rows = self._logprobs_at(seqs, positions)
         return [
@@ -263,13 +246,13 @@ class TransformersEngine(TokenizedEngine):
             # common context is reused from the prefix cache instead of being re-run as a suffix).
             if groups:
                 need = max(_MIN_SHARED_PREFIX, int(_GROUP_SHARE * min(len(anchor), len(seqs[i]))))
-                if _lcp(anchor, seqs[i]) >= need:
+                if common_prefix_len(anchor, seqs[i]) >= need:
                     groups[-1].append(i)
                     continue
             groups.append([i])
             anchor = seqs[i]
         for g in groups:
-            shared = min((_lcp(seqs[g[0]], seqs[j]) for j in g[1:]), default=len(seqs[g[0]]))
+            shared = min((common_prefix_len(seqs[g[0]], seqs[j]) for j in g[1:]), default=len(seqs[g[0]]))
             # Every requested position must fall in the suffix, which therefore is never empty.
             shared = min(shared, min(min(positions[j]) for j in g))
             self._run_group(g, seqs, positions, shared, results)
@@ -279,7 +262,7 @@ class TransformersEngine(TokenizedEngine):
         """KV cache (batch 1) after `tokens`, reusing the longest prefix computed before."""
         best, best_len = None, 0
         for key in self._lru:
-            n = _lcp(key, tokens)
+            n = common_prefix_len(key, tokens)
             if n > best_len:
                 best, best_len = key, n
         cache = None

@@ -57,14 +57,6 @@ _MAX_LABEL_IDS = 128
 _STEPWISE_MAX_TOKENS = 8
 
 
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def _cut_stop(text: str, stops: tuple[str, ...]) -> str:
     cut = len(text)
     for s in stops:
@@ -223,28 +215,10 @@ class VLLMEngine(TokenizedEngine):
             seed=None if greedy else params.seed, skip_special_tokens=True, structured_outputs=structured)
 
     # ---- scoring -------------------------------------------------------------------------
-    def _split(self, context: str, continuation: str) -> tuple[list[int], int]:
-        """Token ids of context+continuation and the index of the first continuation token.
-
-        Same rule as the transformers engine: whitespace belongs to the continuation (BPE
-        vocabularies attach it to the next word), and the split is the longest common prefix of
-        the context's and the whole text's token ids.
-        """
-        if not continuation:
-            raise ValueError("continuation must be non-empty")
-        stripped = context.rstrip(" ")
-        continuation = context[len(stripped):] + continuation
-        ctx = self._encode_prompt(stripped)
-        full = self._encode_prompt(stripped + continuation)
-        split = _lcp(ctx, full)
-        if split == len(full):
-            split = len(full) - 1
-        return full, max(split, 1)
-
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
         if not requests:
             return []
-        items = [self._split(c, x) for c, x in requests]
+        items = [self.split_continuation(c, x) for c, x in requests]
         short = [i for i, (seq, start) in enumerate(items) if len(seq) - start <= self.stepwise_max_tokens]
         done = set(short)
         long = [i for i in range(len(items)) if i not in done]
@@ -324,7 +298,7 @@ class VLLMEngine(TokenizedEngine):
             items = [(ids + [t], len(ids)) for ids in encoded for t in firsts]
         else:
             # Multi-token labels: full continuation likelihoods, as the transformers engine does.
-            items = [self._split(p, lab) for p in prompts for lab in labels]
+            items = [self.split_continuation(p, lab) for p in prompts for lab in labels]
         flat = self._stepwise_logprobs(items)
         out = []
         for i in range(len(prompts)):

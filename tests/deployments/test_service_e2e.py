@@ -33,6 +33,7 @@ def _check_result(result, task_map):
     assert result["dropped_candidates"] == 0, "constrained decoding leaves no unparseable candidate"
     wf = Workflow.model_validate({"steps": result["workflow"]["steps"]}).validate_graph()
     assert not wf.changes_before_observing()
+    assert wf.branching_decisions() >= 1, result["workflow"]["mermaid"]
     assert result["map_version"] == task_map["version"]
     want = task_map["fallback"] if result["task"] == "unknown" else task_map["routes"][result["task"]]
     assert result["expert"] == want, "routing must follow the live map"

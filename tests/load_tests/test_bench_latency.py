@@ -1,0 +1,37 @@
+"""The latency benchmark's arithmetic and what it counts, against a fake service (no models)."""
+
+import json
+
+import httpx
+
+from core.workflow import linear_workflow, parse_lines
+from load_tests import bench_latency
+
+BRANCHING = parse_lines("1. Check disk usage\n2. Is the WAL volume full? yes 3, no 4\n3. [change] Remove old WAL\n"
+                        "4. [end] Escalate to the database team")
+
+
+def _answer(i: int) -> dict:
+    wf = BRANCHING if i % 2 else linear_workflow(["Check the logs", "Restart the exporter"])
+    return {"expert": "e1", "workflow": {"steps": [s.model_dump(mode="json") for s in wf.steps]},
+            "knowledge": {"status": "matched" if i % 2 else "none matched"},
+            "timings_ms": {"classify": 10.0, "retrieve": 1.0, "plan": 80.0, "score": 9.0, "compute": 100.0,
+                           "total": 101.0}}
+
+
+def test_counts_branching_and_grounded_answers(tmp_path, monkeypatch):
+    tickets = tmp_path / "tickets.jsonl"
+    tickets.write_text("\n".join(json.dumps({"title": f"t{i}", "description": "d"}) for i in range(4)))
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content)["title"])
+        return httpx.Response(200, json=_answer(len(sent)))
+
+    real = httpx.Client
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real(transport=httpx.MockTransport(handler), **kw))
+    result = bench_latency.run("http://svc", count=4, candidates=4, tickets_file=tickets)
+    assert sent == ["t0", "t1", "t2", "t3", "t0"]  # one warm-up, then `count` tickets
+    assert result["branching"] == 2 and result["matched"] == 2 and result["count"] == 4
+    assert result["stages"]["plan"]["p50_ms"] == 80.0
+    assert "decision having both branches: 2/4" in bench_latency.render(result)
