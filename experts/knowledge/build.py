@@ -5,7 +5,7 @@
     ensure_knowledge_base(cfg, llm_factory)     server start-up: build only when documents changed
 
 Every build is incremental against the current version: a document whose content and settings
-are unchanged keeps its chunks, vectors and raw nodes; only new or changed documents are chunked,
+are unchanged keeps its chunks, vectors and incident mentions; only new or changed documents are chunked,
 extracted and embedded, and only incident groups they touch are re-merged. Per-document results
 are cached as soon as they exist, so an interrupted build continues where it stopped.
 """
@@ -29,9 +29,9 @@ from core.paths import cache_dir
 from experts.engines.base import Engine
 from experts.knowledge.chunking import Chunk, chunk_document
 from experts.knowledge.documents import Document, KnowledgeError, load_documents
-from experts.knowledge.extract import EXTRACT_VERSION, RawNode, extract_document, planned_method
+from experts.knowledge.extract import EXTRACT_VERSION, extract_document, planned_method
 from experts.knowledge.graph import Group, Merger, compute_links, normalize_incident, refine
-from experts.knowledge.incident import TASK_TAG, IncidentNode
+from experts.knowledge.incident import TASK_TAG, IncidentMention, IncidentNode
 from experts.knowledge.store import FORMAT, DocCache, KnowledgeStore, VersionData, write_version
 from experts.knowledge.workflows import REFERENCE_VERSION
 
@@ -82,7 +82,7 @@ class DocResult:
     root: str
     chunks: list[Chunk]
     vectors: np.ndarray
-    raw_nodes: list[RawNode]
+    raw_nodes: list[IncidentMention]
     origin: str = "processed"  # processed | cached | reused
 
     def entry(self) -> dict:
@@ -132,13 +132,13 @@ def _process(doc: Document, method: str, key: str, chunk_chars: int, llm: Engine
 def _from_cache(meta: dict, vectors: np.ndarray) -> DocResult:
     return DocResult(meta["source"], meta["hash"], meta["key"], meta["method"], meta["title"], meta["tags"],
                      meta["root"], [Chunk(**c) for c in meta["chunks"]], vectors,
-                     [RawNode.from_dict(r) for r in meta["raw_nodes"]], origin="cached")
+                     [IncidentMention.model_validate(r) for r in meta["raw_nodes"]], origin="cached")
 
 
 def _cache_meta(r: DocResult) -> dict:
     return {"source": r.source, "hash": r.content_hash, "key": r.key, "method": r.method, "title": r.title,
             "tags": r.tags, "root": r.root, "chunks": [c.to_dict() for c in r.chunks],
-            "raw_nodes": [n.to_dict() for n in r.raw_nodes]}
+            "raw_nodes": [n.model_dump() for n in r.raw_nodes]}
 
 
 def _reuse(prev: VersionData, source: str, entry: dict, chunk_rows: dict[str, list[int]]) -> DocResult:

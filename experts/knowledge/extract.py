@@ -1,6 +1,6 @@
 """Incident extraction from documents (FlowXpert Module 1, steps 1 and 2).
 
-Two extractors produce `RawNode`s, one per incident mention:
+Two extractors produce `IncidentMention`s, one per incident mention:
 
 * `RunbookExtractor` (deterministic) for structured runbooks: the document title is the incident,
   and Meaning / Impact / Diagnosis / Mitigation / Typical cases / Notes headings (and common
@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from core.workflow.actions import CHECK_VERBS, FIX_VERBS
 from experts.engines.base import Engine, SamplingParams
 from experts.knowledge.chunking import Chunk
 from experts.knowledge.documents import Document
+from experts.knowledge.incident import IncidentMention
 from experts.knowledge.markdown import (
     clean_inline,
     commands_from_code,
@@ -49,39 +50,6 @@ log = logging.getLogger(__name__)
 EXTRACT_VERSION = 2  # bump when extraction output changes so cached results are recomputed
 MAX_DESCRIPTION = 1200
 MAX_NOTES = 800
-
-
-@dataclass
-class RawNode:
-    """One incident as one document (or one run of paragraphs) describes it, before merging."""
-
-    incident: str
-    source: str
-    order: int
-    method: str  # runbook | llm | heuristic
-    failure_description: str = ""
-    diagnosis_steps: list[str] = field(default_factory=list)
-    mitigation_steps: list[str] = field(default_factory=list)
-    typical_cases: list[str] = field(default_factory=list)
-    notes: str = ""
-    chunk_ids: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    references: list[str] = field(default_factory=list)  # document paths this text points at
-    primary: bool = False  # the document's own (title) incident
-
-    @property
-    def ref(self) -> str:
-        return f"{self.source}#{self.order}"
-
-    def has_content(self) -> bool:
-        return bool(self.diagnosis_steps or self.mitigation_steps or self.typical_cases)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RawNode:
-        return cls(**d)
 
 
 # ---- section roles --------------------------------------------------------------------------------
@@ -158,7 +126,7 @@ def _cap(text: str, limit: int) -> str:
 class RunbookExtractor:
     method = "runbook"
 
-    def extract(self, doc: Document, chunks: list[Chunk]) -> list[RawNode]:
+    def extract(self, doc: Document, chunks: list[Chunk]) -> list[IncidentMention]:
         parts: dict[str, list[str]] = {}
         for r in role_regions(doc):
             parts.setdefault(r.role, []).append((f"## {r.heading}\n" if r.role == "other" and r.heading else "")
@@ -176,7 +144,7 @@ class RunbookExtractor:
         mitigation = section_steps(get("mitigation")).steps
         cases_md = get("cases")
         cases = list_items(cases_md) or [finish_step(s) for s in split_sentences(plain_text(cases_md))]
-        return [RawNode(
+        return [IncidentMention(
             incident=doc.title, source=doc.source, order=0, method=self.method,
             failure_description=_cap(description, MAX_DESCRIPTION), diagnosis_steps=diagnosis,
             mitigation_steps=mitigation, typical_cases=cases, notes=_cap(notes, MAX_NOTES),
@@ -348,7 +316,7 @@ class _SentenceExtractor:
     def classify(self, sentences: list[str]) -> list[dict[str, float]]:
         return [sentence_prior(s) for s in sentences]
 
-    def extract(self, doc: Document, chunks: list[Chunk]) -> list[RawNode]:
+    def extract(self, doc: Document, chunks: list[Chunk]) -> list[IncidentMention]:
         segs: list[_Segment] = []
         for i, c in enumerate(chunks):
             segs.extend(_segments(i, c, self.max_segments))
@@ -363,7 +331,7 @@ class _SentenceExtractor:
             if seg.name is None:
                 seg.name = current
             current = seg.name
-        # Runs of paragraphs naming the same incident inside one chunk form one raw node.
+        # Runs of paragraphs naming the same incident inside one chunk form one mention.
         runs: list[list[_Segment]] = []
         for seg in segs:
             if runs and runs[-1][-1].chunk_index == seg.chunk_index and _same(runs[-1][-1].name, seg.name):
@@ -378,7 +346,7 @@ class _SentenceExtractor:
             for s in seg.sentences:
                 label_of[(id(seg), s)] = labels[k]
                 k += 1
-        nodes: list[RawNode] = []
+        nodes: list[IncidentMention] = []
         prev_run: list[_Segment] | None = None
         for run in runs:
             labelled = [(s, label_of[(id(seg), s)]) for seg in run for s in seg.sentences]
@@ -391,7 +359,7 @@ class _SentenceExtractor:
             prev_run = run
         return _fold_empty(nodes, fallback)
 
-    def _fill(self, doc, run, labelled, context, order, chunks, fallback) -> RawNode:
+    def _fill(self, doc, run, labelled, context, order, chunks, fallback) -> IncidentMention:
         symptoms, checks, fixes, cases, notes = [], [], [], [], []
         for s, p in labelled:
             best = max(p, key=p.get)
@@ -412,7 +380,7 @@ class _SentenceExtractor:
         ids = sorted({run_seg.chunk_index for run_seg in run})
         text = " ".join(chunks[i].text for i in ids)
         name = run[0].name or fallback
-        return RawNode(
+        return IncidentMention(
             incident=name, source=doc.source, order=order, method=self.method,
             failure_description=_cap(" ".join(symptoms[:3]), MAX_DESCRIPTION), diagnosis_steps=_dedupe(checks),
             mitigation_steps=_dedupe(fixes), typical_cases=_dedupe(cases), notes=_cap(" ".join(notes), MAX_NOTES),
@@ -439,7 +407,7 @@ def _dedupe(items: list[str]) -> list[str]:
     return out
 
 
-def _fold_empty(nodes: list[RawNode], fallback: str) -> list[RawNode]:
+def _fold_empty(nodes: list[IncidentMention], fallback: str) -> list[IncidentMention]:
     """Named incidents without any step or case are folded into the document's own incident."""
     keep = [n for n in nodes if n.has_content() or n.primary]
     if not keep:
@@ -510,7 +478,7 @@ class LLMExtractor(_SentenceExtractor):
         return priors
 
 
-def extract_document(doc: Document, chunks: list[Chunk], llm: Engine | None = None) -> tuple[list[RawNode], str]:
+def extract_document(doc: Document, chunks: list[Chunk], llm: Engine | None = None) -> tuple[list[IncidentMention], str]:
     """Raw incident nodes of one document and the method used (runbook, llm or heuristic)."""
     if is_structured(doc):
         ex = RunbookExtractor()

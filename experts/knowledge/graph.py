@@ -1,4 +1,4 @@
-"""The incident graph (FlowXpert Module 1, steps 3 and 4): merge raw nodes into incident nodes, link them.
+"""The incident graph (FlowXpert Module 1, steps 3 and 4): merge incident mentions into incident nodes, link them.
 
 Step 3 - merge and refine. Raw nodes of the same incident (several chunks of one document, or
 several documents) are grouped when their normalised names are equal, or when their name
@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experts.knowledge.extract import RawNode
-from experts.knowledge.incident import IncidentNode
+from experts.knowledge.incident import IncidentMention, IncidentNode
 from experts.knowledge.markdown import humanize, whole_sentences
 from experts.knowledge.workflows import reference_workflow
 
@@ -75,19 +74,19 @@ class Group:
     id: str
     key: str
     vector: np.ndarray  # embedding of the group's (first member's) humanised name
-    members: list[RawNode] = field(default_factory=list)
+    members: list[IncidentMention] = field(default_factory=list)
 
     @property
     def docs(self) -> set[str]:
         return {m.source for m in self.members}
 
 
-def _member_rank(m: RawNode) -> tuple:
+def _member_rank(m: IncidentMention) -> tuple:
     return ({"runbook": 0, "llm": 1, "heuristic": 2}.get(m.method, 3), not m.primary, m.source, m.order)
 
 
 class Merger:
-    """Assigns raw nodes to incident groups (normalised name, then embedding similarity)."""
+    """Assigns mentions to incident groups (normalised name, then embedding similarity)."""
 
     def __init__(self, embed: Callable[[list[str]], np.ndarray], same_doc: float = SAME_DOC_THRESHOLD,
                  cross_doc: float = CROSS_DOC_THRESHOLD):
@@ -95,8 +94,8 @@ class Merger:
         self.same_doc = same_doc
         self.cross_doc = cross_doc
 
-    def assign(self, groups: list[Group], raw: list[RawNode], taken_ids: set[str]) -> set[str]:
-        """Add raw nodes to `groups` (in place); returns the ids of groups that changed."""
+    def assign(self, groups: list[Group], raw: list[IncidentMention], taken_ids: set[str]) -> set[str]:
+        """Add mentions to `groups` (in place); returns the ids of groups that changed."""
         if not raw:
             return set()
         raw = sorted(raw, key=_member_rank)
@@ -117,7 +116,7 @@ class Merger:
             touched.add(g.id)
         return touched
 
-    def _similar(self, groups: list[Group], r: RawNode, v: np.ndarray) -> Group | None:
+    def _similar(self, groups: list[Group], r: IncidentMention, v: np.ndarray) -> Group | None:
         best, best_sim = None, -1.0
         for g in groups:
             same_doc = r.source in g.docs
@@ -156,7 +155,7 @@ def _cap(text: str, limit: int) -> str:
 
 
 def refine(group: Group) -> IncidentNode:
-    """One incident node from a group's raw nodes (no LLM rewriting: fields are merged, in order)."""
+    """One incident node from a group's mentions (no LLM rewriting: fields are merged, in order)."""
     ms = sorted(group.members, key=_member_rank)
     head = ms[0]
     aliases: list[str] = []

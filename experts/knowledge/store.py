@@ -31,8 +31,7 @@ import numpy as np
 
 from experts.knowledge.chunking import Chunk
 from experts.knowledge.documents import KnowledgeError
-from experts.knowledge.extract import RawNode
-from experts.knowledge.incident import IncidentNode
+from experts.knowledge.incident import IncidentMention, IncidentNode
 
 FORMAT = 2
 POINTER = "current"
@@ -47,7 +46,7 @@ class VersionData:
     nodes: list[IncidentNode] = field(default_factory=list)
     name_vectors: np.ndarray | None = None
     desc_vectors: np.ndarray | None = None
-    raw_nodes: dict[str, list[RawNode]] = field(default_factory=dict)
+    raw_nodes: dict[str, list[IncidentMention]] = field(default_factory=dict)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -224,7 +223,7 @@ def write_version(folder: Path, data: VersionData) -> None:
     for name, arr in (("nodes_name.npy", data.name_vectors), ("nodes_desc.npy", data.desc_vectors)):
         arr = arr if arr is not None else np.zeros((0, dim), np.float32)
         np.save(folder / name, np.asarray(arr, dtype=np.float32).reshape(-1, dim))
-    raw = {src: [r.to_dict() for r in rs] for src, rs in data.raw_nodes.items()}
+    raw = {src: [r.model_dump() for r in rs] for src, rs in data.raw_nodes.items()}
     (folder / "raw_nodes.json").write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
     # the manifest last: a folder with a manifest is complete
     (folder / "manifest.json").write_text(json.dumps(data.manifest, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -245,7 +244,7 @@ def read_version(folder: Path, raw: bool = True) -> VersionData:
                        desc_vectors=np.load(folder / "nodes_desc.npy"))
     if raw:
         blob = json.loads((folder / "raw_nodes.json").read_text(encoding="utf-8"))
-        data.raw_nodes = {src: [RawNode.from_dict(r) for r in rs] for src, rs in blob.items()}
+        data.raw_nodes = {src: [IncidentMention.model_validate(r) for r in rs] for src, rs in blob.items()}
     return data
 
 

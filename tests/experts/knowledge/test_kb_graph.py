@@ -1,9 +1,9 @@
-from experts.knowledge.extract import RawNode
 from experts.knowledge.graph import Group, Merger, compute_links, normalize_incident, refine
+from experts.knowledge.incident import IncidentMention
 
 
 def raw(incident, source, order=0, method="runbook", primary=True, **kw):
-    return RawNode(incident=incident, source=source, order=order, method=method, primary=primary, **kw)
+    return IncidentMention(incident=incident, source=source, order=order, method=method, primary=primary, **kw)
 
 
 def merge(embedder, raws, groups=None):
