@@ -44,6 +44,7 @@ class CaseResult:
     branching: bool = False
     change_first: bool = False
     closed_early: bool = False
+    cut_steps: int = 0
     knowledge: str = "no knowledge base"
     knowledge_scope: str = "unscoped"
     own_runbook_shown: bool = False
@@ -66,6 +67,7 @@ class EvalSummary:
     branching_rate: float = 0.0
     change_first_rate: float = 0.0
     closed_early_rate: float = 0.0
+    cut_steps: int = 0
     none_matched_rate: float = 0.0
     whole_base_rate: float = 0.0
     own_runbook_shown_rate: float = 0.0
@@ -85,7 +87,12 @@ def _result_of(case: WorkflowCase, wf: Workflow, latency: float, **info) -> Case
     except MermaidError as exc:
         steps, valid, info["error"] = wf.action_steps(), False, str(exc)
     return CaseResult(case.id, steps, valid, latency, branching=wf.branching_decisions() > 0,
-                      change_first=bool(wf.changes_before_observing()), **info)
+                      change_first=bool(wf.changes_before_observing()), cut_steps=cut_steps(wf), **info)
+
+
+def cut_steps(wf: Workflow) -> int:
+    """Steps whose text was cut off with an ellipsis (a truncated copy of a longer step)."""
+    return sum(s.text.rstrip().endswith(("…", "...")) for s in wf.steps)
 
 
 class InProcessService:
@@ -249,6 +256,7 @@ def evaluate(cases: list[WorkflowCase], solve: Solver, setting: str, candidates:
         branching_rate=_pct([r.branching for r in results]),
         change_first_rate=_pct([r.change_first for r in results]),
         closed_early_rate=_pct([r.closed_early for r in results]),
+        cut_steps=sum(r.cut_steps for r in results),
         none_matched_rate=_pct([r.knowledge == "none matched" for r in results]),
         whole_base_rate=_pct([r.knowledge_scope == "whole base" for r in results]),
         own_runbook_shown_rate=_pct([r.own_runbook_shown for r in results]),
@@ -275,7 +283,8 @@ def reference_bounds(cases: list[WorkflowCase], embedder=None, seed: int = 0) ->
 
 
 TABLE_HEAD = ("| setting | best-of | cases | P | R | F1 | valid Mermaid % | unparseable samples % | "
-              "decision w/ both branches % | change before observe % | budget-closed % | none matched % | "
+              "decision w/ both branches % | change before observe % | budget-closed % | steps cut with … | "
+              "none matched % | "
               "scope fell back % | own runbook shown % | no knowledge though runbook in base | plan p50 s | "
               "experts |")
 
@@ -286,7 +295,7 @@ def table_rows(summaries: list[EvalSummary]) -> list[str]:
         experts = ", ".join(f"{k} {v}" for k, v in sorted(s.experts.items()))
         rows.append(f"| {s.setting} | {s.candidates} | {s.cases} | {s.precision} | {s.recall} | {s.f1} | "
                     f"{s.valid_mermaid_rate} | {s.unparseable_rate} | {s.branching_rate} | {s.change_first_rate} | "
-                    f"{s.closed_early_rate} | {s.none_matched_rate} | {s.whole_base_rate} | "
+                    f"{s.closed_early_rate} | {s.cut_steps} | {s.none_matched_rate} | {s.whole_base_rate} | "
                     f"{s.own_runbook_shown_rate} | {s.no_knowledge_with_runbook} | {s.plan_p50_s} | {experts} |")
     return rows
 
