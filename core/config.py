@@ -163,7 +163,7 @@ class PlannerConfig(_Strict):
                                                                      "the decoder prefers ending the step.")
     frequency_penalty: float = Field(default=0.0, ge=0, le=2, description="Subtracted from a token's logit per earlier "
                                      "use in the candidate's own output (not the prompt, which it copies from).")
-    no_repeat_ngram: int = Field(default=8, ge=0, le=64, description="Refuse a token that would repeat a run of "
+    no_repeat_ngram: int = Field(default=0, ge=0, le=64, description="Refuse a token that would repeat a run of "
                                  "this many tokens of the candidate's own output (0: off). Stops a small model "
                                  "from looping on one step; transformers engine only.")
     context_chunks: int = Field(default=3, ge=0, le=20, description="Knowledge chunks put in the prompt.")

@@ -167,9 +167,10 @@ def close_truncated(text: str, spec: GrammarSpec, sources: dict[int, str] | None
     """A valid workflow from a grammar text the token budget cut off.
 
     The unfinished last line is dropped and the workflow ends at the next line with a terminal
-    that says what is left to do. A jump target that is still pending is moved onto that terminal.
-    When the grammar asks for a decision and none was written yet, the closing step is the check
-    every troubleshooting run ends with instead: is the problem resolved (close), or not (escalate).
+    that says what is left to do. A jump target that is still pending (a question's far branch)
+    becomes a second terminal after it, so every question keeps two distinct branches. When the
+    grammar asks for a decision and none was written yet, the closing step is the check every
+    troubleshooting run ends with instead: is the problem resolved (close), or not (escalate).
     Raises WorkflowError when not even one line was finished.
     """
     lines = text.split("\n")
@@ -186,17 +187,21 @@ def close_truncated(text: str, spec: GrammarSpec, sources: dict[int, str] | None
         closing = [f"{last}. {CLOSING_QUESTION}? yes {last + 1}, no {last + 2}",
                    f"{last + 1}. {END_TAG}{RESOLVED_TEXT}", f"{last + 2}. {END_TAG}{ESCALATE_TEXT}"]
         return parse_lines("\n".join(done + closing), sources)
-    done = [_retarget(line, last) for line in done]
-    return parse_lines("\n".join(done + [f"{last}. {END_TAG}{CLOSING_TEXT}"]), sources)
+    closing = [f"{last}. {END_TAG}{CLOSING_TEXT}"]
+    far = state[1]
+    if far > last:
+        done = [_retarget(line, far, last + 1) for line in done]
+        closing.append(f"{last + 1}. {END_TAG}{ESCALATE_TEXT}")
+    return parse_lines("\n".join(done + closing), sources)
 
 
-def _retarget(line: str, last: int) -> str:
-    """A question's targets past `last` (lines never written) moved onto `last`."""
+def _retarget(line: str, target: int, to: int) -> str:
+    """A question's jump to `target` (a line never written) moved to `to`."""
     m = _TARGETS.search(line)
     if not m:
         return line
-    yes, no = min(int(m[1]), last), min(int(m[2]), last)
-    return line[: m.start()] + m.group(0).replace(f"yes {m[1]}, no {m[2]}", f"yes {yes}, no {no}")
+    yes, no = (to if int(g) == target else int(g) for g in (m[1], m[2]))
+    return line[: m.start()] + f"? yes {yes}, no {no}"
 
 
 def read_workflow(text: str, finished: bool, spec: GrammarSpec, sources: dict[int, str] | None = None) -> Workflow:

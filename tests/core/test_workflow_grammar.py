@@ -51,10 +51,20 @@ def test_close_truncated_ends_at_the_next_line_and_moves_pending_targets():
             "3. [change] Remove archived WAL segments\n4. Confirm post")
     wf = close_truncated(text, spec)
     assert [s.kind for s in wf.steps] == [StepKind.process, StepKind.decision, StepKind.process,
-                                          StepKind.terminal]
-    assert (wf.steps[1].yes, wf.steps[1].no) == ("S3", "S4")
+                                          StepKind.terminal, StepKind.terminal]
+    assert (wf.steps[1].yes, wf.steps[1].no) == ("S3", "S5")  # the far branch: its own terminal
+    assert wf.step("S3").next == "S4" and "Escalate" in wf.step("S5").text
     with pytest.raises(WorkflowError):
         close_truncated("1. Check the disk usa", spec)
+
+
+def test_a_question_cut_off_before_its_far_branch_keeps_two_branches():
+    text = ("1. Check disk usage with df -h\n2. Find the largest directories\n"
+            "3. Is the WAL volume full? yes 4, no 8\n4. Check the archiver")
+    wf = close_truncated(text, GrammarSpec(max_steps=10)).validate_graph()
+    q = wf.steps[2]
+    assert (q.yes, q.no) == ("S4", "S5") and wf.branching_decisions() == 1
+    assert [wf.step(t).kind for t in ("S4", "S5")] == [StepKind.terminal, StepKind.terminal]
 
 
 def test_close_truncated_without_a_decision_ends_with_the_resolved_check():
