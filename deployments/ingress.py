@@ -197,7 +197,7 @@ class Ingress:
         timings["retrieve"] = plan.timings.retrieval_ms
         if not plan.candidates:
             raise TicketFailed(503, f"expert {chosen} produced no usable workflow "
-                                    f"({plan.dropped} samples ran out of tokens inside their first step)")
+                                    f"({plan.dropped} samples could not be closed into a valid workflow)")
         # Candidates fan out over the Scorer replicas.
         scored: list[ScoreResponse] = await asyncio.gather(*[
             self.scorer.score.remote(ScoreRequest(ticket=text, workflow=c.workflow, context=plan.scoring))

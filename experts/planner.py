@@ -12,6 +12,7 @@ below the calibrated relevance nothing is shown and the answer says "none matche
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from core.config import ModelSpec, PlannerConfig
@@ -20,6 +21,8 @@ from core.workflow import GrammarSpec, WorkflowError, gbnf, read_workflow
 from experts.engines.base import Engine, Generation, SamplingParams
 from experts.knowledge.lexical import terms
 from experts.prompts import format_context, node_workflow, planner_user_message, scorer_context
+
+log = logging.getLogger(__name__)
 
 
 class Retriever(Protocol):
@@ -133,7 +136,8 @@ class Planner:
         for k, (text, toks, done) in enumerate(zip(gen.texts, tokens, finished)):
             try:
                 wf = read_workflow(text, done, self.grammar_spec, step_sources(text, shown))
-            except WorkflowError:
+            except WorkflowError as exc:
+                log.warning("%s: candidate %d dropped (%s): %r", self.spec.name, k, exc, text[-200:])
                 dropped += 1
                 continue
             decoding = "greedy" if k == 0 else "sampled"

@@ -167,8 +167,9 @@ def close_truncated(text: str, spec: GrammarSpec, sources: dict[int, str] | None
     """A valid workflow from a grammar text the token budget cut off.
 
     The unfinished last line is dropped and the workflow ends at the next line with a terminal
-    that says what is left to do. A jump target that is still pending (a question's far branch)
-    becomes a second terminal after it, so every question keeps two distinct branches. When the
+    that says what is left to do. A question's jump past it (a target never written: the far
+    branch, or the line after next) goes to a second terminal after it, the escalation, so every
+    question keeps two distinct branches. When the
     grammar asks for a decision and none was written yet, the closing step is the check every
     troubleshooting run ends with instead: is the problem resolved (close), or not (escalate).
     Raises WorkflowError when not even one line was finished.
@@ -188,19 +189,19 @@ def close_truncated(text: str, spec: GrammarSpec, sources: dict[int, str] | None
                    f"{last + 1}. {END_TAG}{RESOLVED_TEXT}", f"{last + 2}. {END_TAG}{ESCALATE_TEXT}"]
         return parse_lines("\n".join(done + closing), sources)
     closing = [f"{last}. {END_TAG}{CLOSING_TEXT}"]
-    far = state[1]
-    if far > last:
-        done = [_retarget(line, far, last + 1) for line in done]
+    _, far, short, _ = state
+    if far > last or short:  # a question jumps past the last line written
+        done = [_retarget(line, last) for line in done]
         closing.append(f"{last + 1}. {END_TAG}{ESCALATE_TEXT}")
     return parse_lines("\n".join(done + closing), sources)
 
 
-def _retarget(line: str, target: int, to: int) -> str:
-    """A question's jump to `target` (a line never written) moved to `to`."""
+def _retarget(line: str, last: int) -> str:
+    """A question's jumps past `last` (lines never written) moved to the escalation terminal after it."""
     m = _TARGETS.search(line)
     if not m:
         return line
-    yes, no = (to if int(g) == target else int(g) for g in (m[1], m[2]))
+    yes, no = (last + 1 if int(g) > last else int(g) for g in (m[1], m[2]))
     return line[: m.start()] + f"? yes {yes}, no {no}"
 
 

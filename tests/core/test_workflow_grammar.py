@@ -67,6 +67,16 @@ def test_a_question_cut_off_before_its_far_branch_keeps_two_branches():
     assert [wf.step(t).kind for t in ("S4", "S5")] == [StepKind.terminal, StepKind.terminal]
 
 
+def test_a_short_jump_past_the_cut_goes_to_the_escalation():
+    # Step 3 jumps two lines ahead (to 5); the budget ends inside step 4.
+    text = ("1. Check disk usage with df -h\n2. Find the largest directories\n"
+            "3. Are the logs the largest? yes 5, no 4\n4. Check the database volume for old WAL segme")
+    wf = close_truncated(text, GrammarSpec(max_steps=10)).validate_graph()
+    q = wf.steps[2]
+    assert (q.yes, q.no) == ("S5", "S4") and wf.branching_decisions() == 1
+    assert "Escalate" in wf.step("S5").text and wf.step("S4").kind == StepKind.terminal
+
+
 def test_close_truncated_without_a_decision_ends_with_the_resolved_check():
     text = "1. Check disk usage with df -h\n2. Find the largest directories\n3. Find where the spa"
     wf = close_truncated(text, GrammarSpec(max_steps=10)).validate_graph()
