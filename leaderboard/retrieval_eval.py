@@ -84,7 +84,12 @@ def calibrate_relevance(in_domain: list[float], out_of_domain: list[float]) -> d
             best = (score, cut)
     threshold = round(best[1], 4)
     return {"threshold": threshold, "balanced_accuracy": round(100 * best[0], 1),
-            "in_domain_kept": round(100 * sum(s >= threshold for s in in_domain) / max(1, len(in_domain)), 1),
+            **relevance_at(in_domain, out_of_domain, threshold)}
+
+
+def relevance_at(in_domain: list[float], out_of_domain: list[float], threshold: float) -> dict:
+    """How a "none matched" threshold splits the queries: in-domain kept and out-of-domain refused, in %."""
+    return {"in_domain_kept": round(100 * sum(s >= threshold for s in in_domain) / max(1, len(in_domain)), 1),
             "out_of_domain_refused": round(100 * sum(s < threshold for s in out_of_domain)
                                            / max(1, len(out_of_domain)), 1),
             "in_domain": len(in_domain), "out_of_domain": len(out_of_domain)}

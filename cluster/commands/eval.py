@@ -154,6 +154,7 @@ def cmd_retrieval(args) -> int:
         evaluate_retrieval,
         out_of_domain_queries,
         query_for,
+        relevance_at,
     )
 
     cases_dir, cases = _cases(args)
@@ -170,8 +171,12 @@ def cmd_retrieval(args) -> int:
         outside_queries = out_of_domain_queries(args.split)
         if not outside_queries:
             raise CliError("no out-of-domain tickets found in ../shared/data (it-service-tickets) to calibrate with")
-        cal = calibrate_relevance(inside, best_scores(kb, outside_queries))
+        outside = best_scores(kb, outside_queries)
+        cal = calibrate_relevance(inside, outside)
         report["calibration"] = cal
+        now = report["configured"] = relevance_at(inside, outside, cfg.knowledge.min_relevance)
+        print(f"configured threshold {cfg.knowledge.min_relevance}: in-domain kept {now['in_domain_kept']}% of "
+              f"{now['in_domain']}, out-of-domain refused {now['out_of_domain_refused']}% of {now['out_of_domain']}")
         print(f"relevance threshold {cal['threshold']}: in-domain kept {cal['in_domain_kept']}% of "
               f"{cal['in_domain']}, out-of-domain refused {cal['out_of_domain_refused']}% of {cal['out_of_domain']} "
               f"(balanced accuracy {cal['balanced_accuracy']}%); set knowledge.min_relevance to use it")
