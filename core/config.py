@@ -94,6 +94,35 @@ class CascadeConfig(_Strict):
                                  description="Share of similarity-weighted neighbour votes the top task needs.")
     min_similarity: float = Field(default=0.55, ge=-1, le=1,
                                   description="Similarity of the nearest labeled example the decision needs.")
+    gate: Literal["thresholds", "learned"] = Field(
+        default="thresholds",
+        description="When to ask the LLM. thresholds: when min_agreement or min_similarity is not met. learned: "
+                    "below a confidence threshold of the retrieval-side distribution learned on out-of-fold "
+                    "labeled examples (the dev part) from measured gains: the LLM is asked only in the confidence "
+                    "region where llm+retrieval beat retrieval alone there, by at least min_gain examples; "
+                    "if it never does, it is asked on no ticket. Needs classifier.fusion: learned.")
+    max_llm_share: float = Field(default=0.2, ge=0, le=1,
+                                 description="learned gate: the most of the dev examples (the least confident "
+                                             "ones) the gate may send to the LLM; also bounds the LLM calls the "
+                                             "gate's fit costs.")
+    min_gain: int = Field(default=2, ge=1, description="learned gate: net dev examples (LLM right where retrieval "
+                                                       "was wrong, minus the reverse) the gate needs to open.")
+    gate_alpha: float = Field(default=0.05, gt=0, le=1,
+                              description="learned gate: the LLM's wins over its losses below the threshold must "
+                                          "pass a one-sided exact McNemar test at this level (1: no test).")
+    gate_examples: int = Field(default=1000, ge=10, description="learned gate: most out-of-fold examples "
+                                                                "(a deterministic random subset) it is fitted on.")
+    llm_weights: list[float] = Field(default=[0.2, 0.3, 0.5, 0.7],
+                                     description="learned gate: candidate weights of the LLM distribution against "
+                                                 "the retrieval side; the one with the best dev gain replaces "
+                                                 "classifier.llm_weight.")
+
+    @field_validator("llm_weights")
+    @classmethod
+    def _weights_in_range(cls, v):
+        if not v or any(not 0 <= w <= 1 for w in v):
+            raise ValueError("llm_weights must be a non-empty list of numbers in [0, 1]")
+        return v
 
 
 class ClassifierConfig(_Strict):
@@ -119,7 +148,47 @@ class ClassifierConfig(_Strict):
                                            "labeled examples' MiniLM embeddings + n-grams) in the retrieval-side "
                                            "distribution, against the neighbour vote; 0 = vote only.")
     head_c: float = Field(default=4.0, gt=0, description="Inverse regularisation of the supervised head.")
+    fusion: Literal["manual", "learned"] = Field(
+        default="manual",
+        description="How the retrieval-side distribution is made. manual: neighbour vote mixed with the head by "
+                    "head_weight. learned: a weighted mix of `components` whose weights are learned (grid over the "
+                    "simplex, best out-of-fold accuracy, then log-loss) from cross-validated component outputs on "
+                    "the labeled examples; the fitted components and weights are saved as a versioned artefact.")
+    components: list[Literal["vote", "head", "svc"]] = Field(
+        default=["vote", "head", "svc"],
+        description="learned fusion: vote (neighbour vote), head (MiniLM + n-gram logistic head), svc (word + "
+                    "char n-gram TF-IDF LinearSVC, calibrated to probabilities).")
+    svc_c: float = Field(default=1.0, gt=0, description="Inverse regularisation of the lexical LinearSVC.")
+    svc_char_ngrams: tuple[int, int] = Field(default=(2, 4), description="char_wb n-gram range of the lexical SVC.")
+    svc_calibration: Literal["sigmoid", "isotonic", "temperature"] = Field(
+        default="sigmoid", description="How CalibratedClassifierCV turns the SVC margins into probabilities: sigmoid "
+                                       "(Platt per task), isotonic, or temperature (one softmax temperature: keeps "
+                                       "the SVC's ranking of tasks).")
+    calibration_folds: int = Field(default=3, ge=2, le=10, description="CV folds of the SVC calibration.")
+    fusion_folds: int = Field(default=5, ge=2, le=20,
+                              description="Folds of the out-of-fold component outputs the fusion weights (and the "
+                                          "learned gate) are fitted on.")
+    fusion_step: float = Field(default=0.1, gt=0, le=0.5, description="Grid step over the simplex of fusion weights.")
+    fusion_method: Literal["auto", "single", "simplex", "stacker"] = Field(
+        default="auto",
+        description="learned fusion: single (the component with the best out-of-fold accuracy, alone), simplex "
+                    "(a weighted mix of the components), stacker (multinomial logistic regression over their "
+                    "log-probabilities) or auto (whichever has the best held-out accuracy on the out-of-fold "
+                    "outputs; a tie keeps the simpler).")
+    stacker_c: float = Field(default=1.0, gt=0, description="Inverse regularisation of the logistic stacker.")
+    artefact: str | None = Field(default=None,
+                                 description="Folder of the fitted classifier (learned fusion): model.joblib + "
+                                             "manifest.json with its version and the hash of the examples and "
+                                             "settings. Default: <cache>/classifier/fitted/<version>. An artefact "
+                                             "whose examples or settings differ is refitted, never used.")
     cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="Retrieval-only shortcut.")
+
+    @model_validator(mode="after")
+    def _gate_needs_fusion(self):
+        if self.cascade.gate == "learned" and self.fusion != "learned":
+            raise ValueError("classifier.cascade.gate: learned needs classifier.fusion: learned (the gate is "
+                             "fitted on the fusion's out-of-fold outputs)")
+        return self
 
 
 class ScorerConfig(_Strict):

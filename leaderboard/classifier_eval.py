@@ -14,6 +14,14 @@ The classifier is the service's TaskClassifier (router/classifier.py) built on t
 tasks (names plus the short descriptions below) and examples; every ticket here belongs to some task,
 so `unknown` is switched off (unknown_threshold 0, min_neighbour_similarity -1) and would count as
 an error. The baseline is trained and tested on exactly the same texts in the same run.
+
+With the defaults (`fusion: learned`, `cascade.gate: learned`) the classifier is fitted exactly as the
+service fits it (router/fusion.py `load_or_fit`): vote + MiniLM head + calibrated lexical SVC with
+weights learned out of fold on the training part, saved as a versioned artefact (its version and
+weights are in the report), and the LLM gate learned on the same out-of-fold examples. For every mode
+that asks the LLM the report gives `llm_decided`: the accuracy on the tickets the LLM decided, next to
+what retrieval alone said on those same tickets. LLM answers persist per model version in
+`<cache>/classifier-eval/llm-<fingerprint>.json`, so re-runs and other modes do not ask again.
 """
 
 from __future__ import annotations
@@ -46,8 +54,12 @@ IT_TICKET_DESCRIPTIONS = {
 DATASETS = ("owl-bench", "it-tickets")
 
 # Settings used for the datasets unless the command line says otherwise (chosen on --split dev).
+# fusion/gate "learned": vote + head + calibrated lexical SVC with out-of-fold weights and the learned LLM gate
+# (router/fusion.py); "manual"/"thresholds" is the earlier vote + head_weight mix and agreement thresholds.
 EVAL_DEFAULTS = {"top_k": 16, "lexical_weight": 0.5, "vote_temperature": 0.05, "head_weight": 0.7, "head_c": 4.0,
-                 "llm_weight": 0.3, "prompt_examples": 4, "min_agreement": 0.5}
+                 "llm_weight": 0.3, "prompt_examples": 4, "min_agreement": 0.5, "fusion": "learned",
+                 "gate": "learned", "max_llm_share": 0.2, "components": ["vote", "head", "svc"], "svc_c": 1.0,
+                 "fusion_method": "auto", "svc_calibration": "sigmoid"}
 
 
 @dataclass
@@ -175,22 +187,60 @@ class CachedEmbedder:
 class _MemoLLM:
     """Memoises label_probs per prompt so modes that ask the same question share one forward pass."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, path: str | Path | None = None):
+        """`path`: a JSON file the answers persist in (keyed by prompt and labels; one file per model
+        version), so a re-run does not ask the LLM again."""
         self.engine = engine
-        self.memo: dict[tuple, dict] = {}
+        self.memo: dict[str, dict] = {}
         self.forward = 0
+        self.path = Path(path) if path else None
+        if self.path and self.path.exists():
+            try:
+                self.memo = json.loads(self.path.read_text(encoding="utf-8"))
+            except ValueError:
+                self.memo = {}
+        self.dirty = False
+
+    @staticmethod
+    def _key(prompt: str, labels) -> str:
+        import hashlib
+
+        return hashlib.sha1("\x00".join([prompt, *labels]).encode("utf-8")).hexdigest()
 
     def format_prompt(self, *a, **kw):
         return self.engine.format_prompt(*a, **kw)
 
     def label_probs(self, prompts, labels):
-        key = tuple(labels)
-        todo = [p for p in dict.fromkeys(prompts) if (p, key) not in self.memo]
+        keys = [self._key(p, labels) for p in prompts]
+        todo = list(dict.fromkeys((k, p) for k, p in zip(keys, prompts) if k not in self.memo))
         if todo:
-            for p, d in zip(todo, self.engine.label_probs(todo, labels)):
-                self.memo[(p, key)] = d
+            for (k, _), d in zip(todo, self.engine.label_probs([p for _, p in todo], labels)):
+                self.memo[k] = d
             self.forward += len(todo)
-        return [self.memo[(p, key)] for p in prompts]
+            self.dirty = True
+        return [self.memo[k] for k in keys]
+
+    def save(self) -> None:
+        if self.path and self.dirty:
+            import os
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():  # another run may have added answers since this one read the file
+                try:
+                    self.memo = {**json.loads(self.path.read_text(encoding="utf-8")), **self.memo}
+                except ValueError:
+                    pass
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.memo), encoding="utf-8")
+            tmp.replace(self.path)
+            self.dirty = False
+
+
+def _sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign (McNemar) test p-value over the discordant tickets."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
 
 
 def eval_config(overrides: dict | None = None, model: ModelSpec | None = None) -> ClassifierConfig:
@@ -199,8 +249,11 @@ def eval_config(overrides: dict | None = None, model: ModelSpec | None = None) -
         model=model or ModelSpec(name="classifier-smollm2", base="smollm2-135m-instruct"),
         top_k=o["top_k"], prompt_examples=o["prompt_examples"], lexical_weight=o["lexical_weight"],
         llm_weight=o["llm_weight"], vote_temperature=o["vote_temperature"], head_weight=o["head_weight"],
-        head_c=o["head_c"], unknown_threshold=0.0, min_neighbour_similarity=-1.0,
-        cascade=CascadeConfig(enabled=True, min_agreement=o["min_agreement"], min_similarity=-1.0))
+        head_c=o["head_c"], unknown_threshold=0.0, min_neighbour_similarity=-1.0, fusion=o["fusion"],
+        components=o["components"], svc_c=o["svc_c"], fusion_method=o["fusion_method"],
+        svc_calibration=o["svc_calibration"],
+        cascade=CascadeConfig(enabled=True, min_agreement=o["min_agreement"], min_similarity=-1.0, gate=o["gate"],
+                              max_llm_share=o["max_llm_share"]))
 
 
 def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, embedder=None, engine=None,
@@ -217,9 +270,10 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
     out = Path(out_dir) if out_dir else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
+    base_pred: list[str] | None = None
     if baseline:
         t0 = time.perf_counter()
-        pred = baseline_svc(data.train, data.test)
+        pred = base_pred = baseline_svc(data.train, data.test)
         r = classification_report(gold, pred, labels)
         report["baseline"] = {"name": "TF-IDF (word 1-2 + char 2-4) + LinearSVC", "accuracy": r.accuracy,
                               "macro_f1": r.macro_f1, "seconds": time.perf_counter() - t0}
@@ -233,9 +287,22 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
     embedder.encode([q.text for q in data.test])  # encoded once, saved with the training texts
     index = ExampleIndex(data.train, embedder, cfg.lexical_weight)
     embedder.save()
-    llm = _MemoLLM(engine) if engine is not None else None
-    clf = TaskClassifier(cfg, data.tasks, index, llm)
+    llm = None
+    if engine is not None:
+        from core.paths import cache_dir
+
+        llm = _MemoLLM(engine, cache_dir() / "classifier-eval" / f"llm-{cfg.model.fingerprint()}.json")
+    clf = TaskClassifier(cfg, data.tasks, index, llm)  # fits or loads the artefact (and the gate) as the service does
+    if llm is not None:
+        llm.save()
     report["setup_seconds"] = time.perf_counter() - t0
+    if clf.fusion is not None:
+        m = clf.fusion.manifest
+        report["artefact"] = {"path": str(clf.artefact), "version": m["version"], "method": clf.fusion.method,
+                              "weights": m["weights"],
+                              "oof": m.get("oof"), "folds": m.get("folds"), "fit_seconds": m.get("fit_seconds")}
+    if clf.gate is not None:
+        report["gate"] = {k: v for k, v in clf.gate.items() if k != "settings"}
     texts = [q.text for q in data.test]
     batches = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
     memo: dict[int, tuple] = {}
@@ -256,6 +323,14 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     else:
         bar = nullcontext(None)
+    retrieval_pred: list[str] | None = None
+
+    def retrieval_predictions() -> list[str]:
+        nonlocal retrieval_pred
+        if retrieval_pred is None:
+            retrieval_pred = [r.task for batch in batches for r in clf.classify(batch, mode="retrieval")]
+        return retrieval_pred
+
     with bar as b:
         for mode in modes:
             if mode != "retrieval" and llm is None:
@@ -280,6 +355,23 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
                                      "seconds": time.perf_counter() - t0,
                                      "new_llm_forward_passes": (llm.forward - before) if llm else 0,
                                      "confusion": r.as_dict()}
+            if base_pred is not None:
+                # Paired with the baseline on the same tickets: where exactly one of the two is right.
+                wins = sum(p == g != b for p, g, b in zip(pred, gold, base_pred))
+                losses = sum(b == g != p for p, g, b in zip(pred, gold, base_pred))
+                report["modes"][mode]["vs_baseline"] = {"wins": wins, "losses": losses,
+                                                        "p_two_sided": _sign_test(wins, losses)}
+            if mode == "retrieval":
+                retrieval_pred = pred
+            elif used_llm:
+                # The tickets the LLM decided: its accuracy there against what retrieval alone said on them.
+                asked = [i for i, res in enumerate(results) if res.decided_by.startswith("llm")]
+                ret = retrieval_predictions()
+                report["modes"][mode]["llm_decided"] = {
+                    "n": len(asked), "accuracy": sum(pred[i] == gold[i] for i in asked) / len(asked),
+                    "retrieval_accuracy": sum(ret[i] == gold[i] for i in asked) / len(asked)}
+            if llm is not None:
+                llm.save()
             if out and plots:
                 from leaderboard.plots import plot_confusion
 

@@ -1,10 +1,14 @@
 """Stage 1: the task classifier (CoE-Ops Prompt 3 with retrieval), with a retrieval-only cascade.
 
-Retrieval gives a similarity-weighted vote over labeled neighbours, optionally mixed with a
-supervised linear head trained on the labeled examples (`head_weight`, see router/head.py): that is
-the retrieval-side distribution. The LLM sees the task list plus the retrieved examples with their
-labels and yields a distribution over task names. When the retrieval side is confident the LLM is
-skipped (the cascade). The reply says which path decided (`decided_by`).
+Retrieval gives a similarity-weighted vote over labeled neighbours, mixed with supervised models
+trained on the labeled examples: with `fusion: learned`, the MiniLM+n-gram logistic head
+(router/head.py) and a calibrated word+char TF-IDF LinearSVC (router/lexical.py), with weights learned
+out of fold and saved as a versioned artefact (router/fusion.py); with `fusion: manual`, the head
+alone by `head_weight`. That is the retrieval-side distribution. The LLM sees the task list plus the
+retrieved examples with their labels and yields a distribution over task names. When the retrieval
+side is confident the LLM is skipped (the cascade): by the `min_agreement`/`min_similarity`
+thresholds, or by the learned gate (`cascade.gate: learned`), which asks the LLM only below the
+confidence where it helped on dev. The reply says which path decided (`decided_by`).
 
 Modes (`classify(texts, mode=...)`; the service uses the default, `cascade` unless disabled):
 - `retrieval`: the retrieval-side distribution alone, never the LLM;
@@ -15,13 +19,15 @@ Modes (`classify(texts, mode=...)`; the service uses the default, `cascade` unle
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
 
 from core.config import ClassifierConfig
 from core.schemas import UNKNOWN, Classification
 from experts.engines.base import Engine
 from router.examples import ExampleIndex, Neighbour, TaskInfo
+from router.fusion import vote_row
 
 SYSTEM = "You classify IT operations tickets into exactly one task. Answer with the task name only."
 
@@ -53,7 +59,19 @@ class TaskClassifier:
         # Label continuations the LLM is scored on; the leading space matches how BPE splits words.
         self.labels = [" " + n for n in self.names]
         self.head = None
-        if cfg.head_weight > 0:
+        self.fusion = None  # router.fusion.FittedFusion (fusion: learned)
+        self.artefact: Path | None = None
+        self.gate: dict | None = None  # the learned gate (cascade.gate: learned, with an LLM)
+        if cfg.fusion == "learned":
+            from router.fusion import load_or_fit
+
+            self.fusion, self.artefact = load_or_fit(index, self.names, cfg)
+            if cfg.cascade.gate == "learned" and llm is not None:
+                from router.fusion import load_or_fit_gate
+
+                self.gate = load_or_fit_gate(self.fusion, self.artefact, index, cfg, llm, cfg.model.fingerprint(),
+                                             self.prompt, self.labels)
+        elif cfg.head_weight > 0:
             from router.head import LinearHead
 
             self.head = LinearHead([e.text for e in index.examples], [e.task for e in index.examples], self.names,
@@ -62,14 +80,7 @@ class TaskClassifier:
     # ---- pieces ----------------------------------------------------------------------------
     def vote(self, neighbours: list[Neighbour]) -> dict[str, float]:
         """Softmax over neighbour similarities, summed per task."""
-        if not neighbours:
-            return {t: 1 / len(self.names) for t in self.names}
-        top = max(n.similarity for n in neighbours)
-        weights: dict[str, float] = defaultdict(float)
-        for n in neighbours:
-            weights[n.task] += math.exp((n.similarity - top) / self.cfg.vote_temperature)
-        total = sum(weights.values())
-        return {t: weights.get(t, 0.0) / total for t in self.names}
+        return dict(zip(self.names, map(float, vote_row(neighbours, self.names, self.cfg.vote_temperature))))
 
     def prompt(self, text: str, neighbours: list[Neighbour]) -> str:
         task_lines = "\n".join(f"- {t.name}: {_shorten(t.description, 90)}" if t.description else f"- {t.name}"
@@ -85,9 +96,15 @@ class TaskClassifier:
 
     # ---- the stage -------------------------------------------------------------------------
     def retrieve(self, texts: list[str]) -> tuple[list[list[Neighbour]], list[dict[str, float]]]:
-        """Neighbours and the retrieval-side distribution (vote, mixed with the head when enabled)."""
+        """Neighbours and the retrieval-side distribution: the learned fusion of vote, head and lexical SVC
+        (`fusion: learned`), else the vote mixed with the head by `head_weight`."""
         q = self.index.encode(texts)
         neighbours = self.index.search(texts, self.cfg.top_k, q=q)
+        if self.fusion is not None:
+            votes = np.stack([vote_row(n, self.names, self.cfg.vote_temperature) for n in neighbours]) if texts \
+                else np.zeros((0, len(self.names)))
+            fused = self.fusion.fuse(self.fusion.component_probs(texts, q, votes))
+            return neighbours, [dict(zip(self.names, map(float, row))) for row in fused]
         dists = [self.vote(n) for n in neighbours]
         if self.head is not None:
             w = self.cfg.head_weight
@@ -114,8 +131,7 @@ class TaskClassifier:
             if nearest < self.cfg.min_neighbour_similarity:
                 results[i] = Classification(task=UNKNOWN, confidence=1 - vote[best], decided_by=DECIDED_OOD,
                                             distribution=vote, examples=examples)
-            elif mode == "retrieval" or (mode == "cascade" and vote[best] >= self.cfg.cascade.min_agreement
-                                         and nearest >= self.cfg.cascade.min_similarity):
+            elif mode == "retrieval" or (mode == "cascade" and self._confident(vote[best], nearest)):
                 results[i] = self._decide(vote, DECIDED_RETRIEVAL, examples)
             else:
                 need_llm.append(i)
@@ -123,13 +139,26 @@ class TaskClassifier:
             only = mode == "llm"
             prompts = [self.prompt(texts[i], [] if only else neighbours[i]) for i in need_llm]
             dists = self.llm.label_probs(prompts, self.labels)
-            w = 1.0 if only else self.cfg.llm_weight
+            w = 1.0 if only else self.llm_weight
             for i, dist in zip(need_llm, dists):
                 llm = {n: dist[" " + n] for n in self.names}
                 combined = {t: w * llm[t] + (1 - w) * votes[i][t] for t in self.names}
                 results[i] = self._decide(combined, DECIDED_LLM_ONLY if only else DECIDED_LLM,
                                           [n.brief() for n in neighbours[i]])
         return results  # type: ignore[return-value]
+
+    @property
+    def llm_weight(self) -> float:
+        """Weight of the LLM against retrieval: the learned gate's when it has one, else the config's."""
+        if self.gate is not None and self.gate.get("llm_weight") is not None:
+            return float(self.gate["llm_weight"])
+        return self.cfg.llm_weight
+
+    def _confident(self, top: float, nearest: float) -> bool:
+        """The cascade lets retrieval decide alone (does not ask the LLM)."""
+        if self.cfg.cascade.gate == "learned" and self.gate is not None:
+            return top >= self.gate["threshold"]  # a shut gate has threshold 0: never asks
+        return top >= self.cfg.cascade.min_agreement and nearest >= self.cfg.cascade.min_similarity
 
     def _decide(self, dist: dict[str, float], path: str, examples: list[dict]) -> Classification:
         best = max(self.names, key=lambda t: (dist[t], -self.names.index(t)))

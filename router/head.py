@@ -29,7 +29,7 @@ class LinearHead:
 
         t0 = time.perf_counter()
         self.names = list(names)
-        self.lexical = lexical
+        self.char = lexical.vectorizer  # only the fitted vectorizer is kept (the artefact stays small)
         self.dense_scale = dense_scale
         self.words = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1,
                                      lowercase=True, token_pattern=r"(?u)\b\w+\b")
@@ -47,18 +47,22 @@ class LinearHead:
     def features(self, texts: list[str], dense: np.ndarray):
         from scipy import sparse
 
-        return sparse.hstack([sparse.csr_matrix(dense * self.dense_scale), self.lexical.vectorizer.transform(texts),
+        return sparse.hstack([sparse.csr_matrix(dense * self.dense_scale), self.char.transform(texts),
                               self.words.transform(texts)]).tocsr()
+
+    def probs_matrix(self, texts: list[str], dense: np.ndarray) -> np.ndarray:
+        """(len(texts), len(names)) probabilities in `names` order (tasks without examples get 0)."""
+        out = np.zeros((len(texts), len(self.names)), dtype=np.float64)
+        if not texts:
+            return out
+        if self.single is not None:
+            out[:, self.names.index(self.single)] = 1.0
+            return out
+        p = self.model.predict_proba(self.features(texts, dense))
+        for j, cls in enumerate(self.classes):
+            out[:, self.names.index(cls)] = p[:, j]
+        return out
 
     def probs(self, texts: list[str], dense: np.ndarray) -> list[dict[str, float]]:
         """Distribution over every task name (tasks without examples get 0)."""
-        if self.single is not None:
-            return [{t: float(t == self.single) for t in self.names} for _ in texts]
-        p = self.model.predict_proba(self.features(texts, dense))
-        out = []
-        for row in p:
-            d = {t: 0.0 for t in self.names}
-            for cls, v in zip(self.classes, row):
-                d[cls] = float(v)
-            out.append(d)
-        return out
+        return [dict(zip(self.names, map(float, row))) for row in self.probs_matrix(texts, dense)]

@@ -75,6 +75,21 @@ def register(subparsers) -> None:
                            ("--min-agreement", "min_agreement", float), ("--vote-temperature", "vote_temperature",
                                                                          float)):
         c.add_argument(flag, dest=key, type=typ, default=None, help=f"override {key} (see leaderboard/classifier_eval.py)")
+    c.add_argument("--fusion", choices=["learned", "manual"], default=None,
+                   help="learned (default): vote + head + calibrated lexical SVC, weights fitted out of fold and saved "
+                        "as a versioned artefact; manual: the vote mixed with the head by --head-weight")
+    c.add_argument("--gate", choices=["learned", "thresholds"], default=None,
+                   help="learned (default): ask the LLM only below the confidence where it helped on dev (out-of-fold "
+                        "examples); thresholds: --min-agreement")
+    c.add_argument("--max-llm-share", dest="max_llm_share", type=float, default=None,
+                   help="learned gate: most of the dev examples it may send to the LLM (default 0.2)")
+    c.add_argument("--fusion-method", dest="fusion_method", choices=["auto", "single", "simplex", "stacker"],
+                   default=None, help="learned fusion: the best component alone, a simplex mix, a logistic stacker, "
+                                      "or auto (best held-out accuracy on out-of-fold outputs)")
+    c.add_argument("--components", default=None, help="learned fusion: comma-separated subset of vote,head,svc")
+    c.add_argument("--svc-calibration", dest="svc_calibration", choices=["sigmoid", "isotonic", "temperature"],
+                   default=None, help="how the lexical SVC's margins become probabilities (default sigmoid)")
+    c.add_argument("--svc-c", dest="svc_c", type=float, default=None, help="C of the lexical LinearSVC (default 1)")
     c.add_argument("--out", help="folder for classifier_eval.json and confusion PNGs "
                                  "(default <cache>/classifier-eval/<dataset>-<split>)")
     c.add_argument("--no-plots", action="store_true")
@@ -246,17 +261,22 @@ def publish_with_expert(args, spec, new_map) -> None:
 
 
 def cmd_classifier(args) -> int:
+    from pydantic import ValidationError
 
     from core.paths import cache_dir
     from leaderboard.classifier_eval import eval_config, evaluate_modes, load_eval_data
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     overrides = {k: getattr(args, k) for k in ("top_k", "head_weight", "lexical_weight", "llm_weight",
-                                               "min_agreement", "vote_temperature") if getattr(args, k) is not None}
+                                               "min_agreement", "vote_temperature", "fusion", "gate",
+                                               "max_llm_share", "svc_c", "fusion_method", "svc_calibration")
+                 if getattr(args, k) is not None}
+    if args.components:
+        overrides["components"] = [c.strip() for c in args.components.split(",") if c.strip()]
     try:
         data = load_eval_data(args.dataset, args.split, limit=args.limit, train_limit=args.train_limit)
         cfg = eval_config(overrides)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ValidationError) as exc:
         raise CliError(str(exc)) from exc
     out = Path(args.out) if args.out else cache_dir() / "classifier-eval" / f"{args.dataset}-{args.split}"
     engine = None
@@ -294,6 +314,32 @@ def _print_classifier(report: dict) -> None:
         table.add_row(mode, f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", f"{r['llm_share']:.2f}",
                       f"{r['seconds'] / max(1, report['n_test']):.2f}")
     Console().print(table)
+    if "artefact" in report:
+        a = report["artefact"]
+        oof = a.get("oof") or {}
+        cv = oof.get("cv_accuracy") or {}
+        print(f"fitted classifier {a['version']} ({a['path']}): fusion {a.get('method')} (held-out accuracy on "
+              f"out-of-fold outputs: " + ", ".join(f"{k} {v:.3f}" for k, v in cv.items()) + "); weights "
+              + ", ".join(f"{k} {v:.2f}" for k, v in a["weights"].items())
+              + (f"; out-of-fold accuracy fused {oof['fused_accuracy']:.3f} ("
+                 + ", ".join(f"{k} {v:.3f}" for k, v in oof.get("accuracy", {}).items()) + ")"
+                 if "fused_accuracy" in oof else ""))
+    if "gate" in report:
+        g = report["gate"]
+        state = (f"open below confidence {g['threshold']:.3f}, llm_weight {g['llm_weight']}" if g["open"]
+                 else f"shut (no confidence region where the LLM's net gain on dev reached {g.get('min_gain')} "
+                      f"examples with McNemar p <= {g.get('alpha')}): the LLM is asked about no ticket")
+        print(f"learned gate: {state}; on dev the LLM was asked about {g['llm_calls']} of {g['dev_examples']} "
+              f"out-of-fold examples, best net gain {g['gain']} (per llm_weight: {g['per_weight']})")
+    for mode, r in report["modes"].items():
+        v = r.get("vs_baseline")
+        if v:
+            print(f"{mode} vs baseline on the same tickets: right where it is wrong {v['wins']}, wrong where it is "
+                  f"right {v['losses']} (two-sided sign test p = {v['p_two_sided']:.3f})")
+        d = r.get("llm_decided")
+        if d:
+            print(f"{mode}: the {d['n']} tickets the LLM decided: accuracy {d['accuracy']:.3f}; retrieval alone "
+                  f"on the same tickets {d['retrieval_accuracy']:.3f}")
     for f in report.get("figures", []):
         print(f"figure: {f}")
 

@@ -30,3 +30,39 @@ def test_cached_embedder_encodes_each_text_once_and_persists(tmp_path):
     cached.save()
     again = CachedEmbedder(CountingEmbedder(), path)
     assert np.allclose(again.encode(texts[:10]), v[:10]) and again.embedder.seen == []
+
+
+def test_evaluate_modes_reports_the_artefact_the_gate_and_the_llm_decided_tickets(tmp_path, monkeypatch,
+                                                                                   fake_engine_cls):
+    from leaderboard.classifier_eval import EvalData, eval_config, evaluate_modes
+    from tests.router.test_fusion import TASKS, HashEmbedder, _examples
+
+    monkeypatch.setenv("FLOWROUTER_HOME", str(tmp_path / "home"))
+    ex = _examples(n_per_task=15, noisy=5)
+    train, test = ex[::2] + ex[1::4], ex[3::4]
+    truth = {e.text: e.task for e in ex}
+
+    def oracle(prompt, labels):
+        task = truth.get(prompt.rsplit("Ticket: ", 1)[1].split("</u>")[0].strip(), "network")
+        return {lab: 0.97 if lab == " " + task else 0.01 for lab in labels}
+
+    data = EvalData("toy", "dev", TASKS, train, test)
+    cfg = eval_config({"max_llm_share": 0.5, "top_k": 6})
+    emb = CachedEmbedder(HashEmbedder(), tmp_path / "emb.npz", progress=False)
+    engine = fake_engine_cls(label_fn=oracle)
+    report = evaluate_modes(data, ["retrieval", "llm+retrieval", "cascade"], cfg, embedder=emb, engine=engine,
+                            progress=False, plots=False)
+    assert report["artefact"]["version"] and abs(sum(report["artefact"]["weights"].values()) - 1) < 1e-9
+    assert "threshold" in report["gate"] and report["gate"]["dev_examples"] == len(train)
+    v = report["modes"]["retrieval"]["vs_baseline"]
+    assert v["wins"] >= 0 and v["losses"] >= 0 and 0 <= v["p_two_sided"] <= 1
+    d = report["modes"]["llm+retrieval"]["llm_decided"]
+    assert d["n"] == len(test) and d["retrieval_accuracy"] == report["modes"]["retrieval"]["accuracy"]
+    cascade = report["modes"]["cascade"]
+    if cascade["llm_share"] > 0:
+        assert cascade["llm_decided"]["n"] == round(cascade["llm_share"] * len(test))
+    # The LLM answers persist: a second run asks the engine nothing new.
+    engine2 = fake_engine_cls(label_fn=oracle)
+    evaluate_modes(data, ["llm+retrieval"], cfg, embedder=emb, engine=engine2, progress=False, plots=False,
+                   baseline=False)
+    assert not [c for c in engine2.calls if c[0] == "label_probs"]
