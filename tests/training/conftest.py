@@ -13,7 +13,7 @@ def tiny_training(**over) -> dict:
     """Training settings small enough for a real iteration in about a minute of CPU."""
     t = {
         "cases": str(RUNBOOKS), "max_queries": 1, "seed": 0, "feedback": True,
-        "planner_rl": {"num_generations": 2, "max_completion_length": 24, "ppo_epochs": 1, "steps": 1,
+        "planner_rl": {"num_generations": 4, "max_completion_length": 32, "ppo_epochs": 1, "steps": 1,
                        "context_nodes": 1, "learning_rate": 2e-3},
         "scorer_dpo": {"generation_tokens": 48, "steps": 1, "batch_size": 2, "learning_rate": 2e-3},
         "gate": {"holdout_fraction": 0.25, "agreement_queries": 1, "holdout_limit": 1},
