@@ -52,17 +52,23 @@ class LinearHead:
 
     def probs_matrix(self, texts: list[str], dense: np.ndarray) -> np.ndarray:
         """(len(texts), len(names)) probabilities in `names` order (tasks without examples get 0)."""
-        out = np.zeros((len(texts), len(self.names)), dtype=np.float64)
-        if not texts:
-            return out
-        if self.single is not None:
-            out[:, self.names.index(self.single)] = 1.0
-            return out
-        p = self.model.predict_proba(self.features(texts, dense))
-        for j, cls in enumerate(self.classes):
-            out[:, self.names.index(cls)] = p[:, j]
-        return out
+        return probs_in_task_order(self, len(texts), lambda: self.features(texts, dense))
 
     def probs(self, texts: list[str], dense: np.ndarray) -> list[dict[str, float]]:
         """Distribution over every task name (tasks without examples get 0)."""
         return [dict(zip(self.names, map(float, row))) for row in self.probs_matrix(texts, dense)]
+
+
+def probs_in_task_order(clf, rows: int, features) -> np.ndarray:
+    """A fitted classifier's (`model`, `classes`, `single`, `names`) probabilities as a (rows, len(names))
+    matrix in `names` order; `features()` builds its input only when there is something to predict."""
+    out = np.zeros((rows, len(clf.names)), dtype=np.float64)
+    if not rows:
+        return out
+    if clf.single is not None:
+        out[:, clf.names.index(clf.single)] = 1.0
+        return out
+    p = clf.model.predict_proba(features())
+    for j, cls in enumerate(clf.classes):
+        out[:, clf.names.index(cls)] = p[:, j]
+    return out

@@ -61,18 +61,9 @@ class LexicalSVC:
 
     def probs_matrix(self, texts: list[str]):
         """(len(texts), len(names)) probabilities in `names` order."""
-        import numpy as np
+        from router.head import probs_in_task_order
 
-        out = np.zeros((len(texts), len(self.names)), dtype=np.float64)
-        if not texts:
-            return out
-        if self.single is not None:
-            out[:, self.names.index(self.single)] = 1.0
-            return out
-        p = self.model.predict_proba(self.features.transform(texts))
-        for j, cls in enumerate(self.classes):
-            out[:, self.names.index(cls)] = p[:, j]
-        return out
+        return probs_in_task_order(self, len(texts), lambda: self.features.transform(texts))
 
     def probs(self, texts: list[str]) -> list[dict[str, float]]:
         return [dict(zip(self.names, map(float, row))) for row in self.probs_matrix(texts)]
