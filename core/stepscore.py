@@ -21,6 +21,7 @@ from typing import Protocol, Union
 import numpy as np
 from pydantic import BaseModel, Field
 
+from core.embeddings import shared_embedder
 from core.workflow import MermaidError, Workflow, WorkflowError, clean_step_text, parse_mermaid, parse_step_list
 
 WorkflowLike = Union[str, Sequence[str], Workflow]
@@ -76,8 +77,6 @@ def workflow_steps(workflow: WorkflowLike | None) -> list[str]:
 
 
 def _default_embedder():
-    from core.embeddings import shared_embedder
-
     return shared_embedder()
 
 

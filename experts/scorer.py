@@ -11,6 +11,7 @@ retrieved reference workflow. Best-of-N maximises `rank` = overall + weights * (
 
 from __future__ import annotations
 
+from core.embeddings import shared_embedder
 from core.schemas import Scores, ScoringContext
 from core.stepscore import step_scores
 from core.workflow import Workflow, WorkflowError, render_lines
@@ -63,7 +64,6 @@ class Scorer:
     @property
     def embedder(self):
         if self._embedder is None:
-            from core.embeddings import shared_embedder
 
             self._embedder = shared_embedder()
         return self._embedder

@@ -28,7 +28,11 @@ from typing import Any
 
 import yaml
 
+from core.config import ClassifierConfig, ModelSpec
+from core.embeddings import shared_embedder
 from core.schemas import UNKNOWN, LabeledQuery
+from router.classifier import TaskClassifier
+from router.examples import ExampleIndex, TaskInfo
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +63,10 @@ def folder_task(case: Any, tasks: list[str], rules: dict[str, str] | None = None
 
 def classify_cases(cases: list, tasks, examples: list[LabeledQuery], cfg=None, llm=None, embedder=None) -> list:
     """The classifier's Classification for each case query (retrieval side unless `llm` is given)."""
-    from core.config import ClassifierConfig, ModelSpec
-    from router.classifier import TaskClassifier
-    from router.examples import ExampleIndex, TaskInfo
 
     if not cases:
         return []
     if embedder is None:
-        from core.embeddings import shared_embedder
 
         embedder = shared_embedder()
     cfg = cfg or ClassifierConfig(model=ModelSpec(name="classifier", base="smollm2-135m-instruct"))

@@ -26,17 +26,30 @@ what retrieval alone said on those same tickets. LLM answers persist per model v
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import CascadeConfig, ClassifierConfig, ModelSpec
+from core.embeddings import shared_embedder
+from core.paths import cache_dir
 from core.schemas import LabeledQuery
 from leaderboard.metrics import classification_report
 from router.classifier import MODES, TaskClassifier
 from router.examples import ExampleIndex, TaskInfo
+from router.importers import (
+    IT_TICKET_TASKS,
+    OWL_DESCRIPTIONS,
+    OWL_TASKS,
+    import_it_tickets,
+    import_owl_bench,
+    split_labeled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +87,6 @@ class EvalData:
 
 def _subset(items: list[LabeledQuery], n: int | None, seed: int) -> list[LabeledQuery]:
     """A stratified, deterministic subset of about n items (all when n is None or larger)."""
-    from router.importers import split_labeled
 
     if n is None or n >= len(items):
         return items
@@ -84,14 +96,6 @@ def _subset(items: list[LabeledQuery], n: int | None, seed: int) -> list[Labeled
 
 def load_eval_data(dataset: str, split: str = "test", limit: int | None = None, train_limit: int | None = None,
                    test_fraction: float = 0.2, seed: int = 0) -> EvalData:
-    from router.importers import (
-        IT_TICKET_TASKS,
-        OWL_DESCRIPTIONS,
-        OWL_TASKS,
-        import_it_tickets,
-        import_owl_bench,
-        split_labeled,
-    )
 
     if dataset == "owl-bench":
         queries = import_owl_bench()
@@ -140,8 +144,6 @@ class CachedEmbedder:
     def __init__(self, embedder, path: str | Path | None = None, progress: bool = True):
         import numpy as np
 
-        from core.paths import cache_dir
-
         self.embedder, self.dim, self.progress = embedder, embedder.dim, progress
         self.path = Path(path) if path else cache_dir() / "classifier-eval" / "embeddings.npz"
         self.vectors: dict[str, np.ndarray] = {}
@@ -152,8 +154,6 @@ class CachedEmbedder:
 
     @staticmethod
     def _key(text: str) -> str:
-        import hashlib
-
         return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
     def encode(self, texts: list[str], **kw):
@@ -203,8 +203,6 @@ class _MemoLLM:
 
     @staticmethod
     def _key(prompt: str, labels) -> str:
-        import hashlib
-
         return hashlib.sha1("\x00".join([prompt, *labels]).encode("utf-8")).hexdigest()
 
     def format_prompt(self, *a, **kw):
@@ -222,7 +220,6 @@ class _MemoLLM:
 
     def save(self) -> None:
         if self.path and self.dirty:
-            import os
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():  # another run may have added answers since this one read the file
@@ -278,7 +275,6 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
         report["baseline"] = {"name": "TF-IDF (word 1-2 + char 2-4) + LinearSVC", "accuracy": r.accuracy,
                               "macro_f1": r.macro_f1, "seconds": time.perf_counter() - t0}
     if embedder is None:
-        from core.embeddings import shared_embedder
 
         embedder = shared_embedder()
     if not isinstance(embedder, CachedEmbedder):
@@ -289,7 +285,6 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
     embedder.save()
     llm = None
     if engine is not None:
-        from core.paths import cache_dir
 
         llm = _MemoLLM(engine, cache_dir() / "classifier-eval" / f"llm-{cfg.model.fingerprint()}.json")
     clf = TaskClassifier(cfg, data.tasks, index, llm)  # fits or loads the artefact (and the gate) as the service does
@@ -315,7 +310,6 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
         return memo[key]
 
     clf.retrieve = retrieve
-    from contextlib import nullcontext
 
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from core.config import ModelSpec
+from core.workflow import parse_step_list
 from experts.engines.base import Engine, SamplingParams
 from leaderboard.metrics import choose_letters, classification_report, cosine_scores, mc_correct, workflow_scores
 from leaderboard.tasksets import FreeTextItem, MCItem, WorkflowItem
@@ -83,7 +84,6 @@ def free_text_prompt(engine: Engine, spec: ModelSpec, item: FreeTextItem) -> str
 
 def default_plan_fn(engine: Engine, spec: ModelSpec, settings: EvalSettings = EvalSettings()) -> PlanFn:
     """A minimal planner: greedy numbered steps from the expert, parsed by parse_step_list."""
-    from core.workflow import parse_step_list
 
     def plan(query: str) -> list[str]:
         prompt = engine.format_prompt(spec.system_prompt, f"Incident:\n{query}\n\n{PLAN_INSTRUCTION}",

@@ -18,7 +18,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from core.embeddings import shared_embedder
 from core.schemas import UNKNOWN
+from core.stepscore import step_score
 
 
 # ---- multiple choice -------------------------------------------------------------------------
@@ -114,7 +116,6 @@ def cosine_scores(predictions: Sequence[str], references: Sequence[str],
     if not predictions:
         return []
     if encode is None:
-        from core.embeddings import shared_embedder
 
         encode = shared_embedder().encode
     import numpy as np
@@ -139,11 +140,6 @@ class StepScores:
 def workflow_scores(generated: list[str], reference: list[str]) -> StepScores:
     """STEPScore of generated steps against reference steps (core.stepscore.step_score), rescaled
     from its 0-100 scale to [0, 1] (and clipped there) so it averages with accuracies."""
-    try:
-        from core.stepscore import step_score
-    except ImportError as exc:  # only workflow items need STEPScore: say which items, not just what is missing
-        raise RuntimeError("workflow items need core.stepscore.step_score, which is not importable: "
-                           f"{exc}") from exc
     if not generated:
         return StepScores(0.0, 0.0, 0.0)
     s = step_score(list(generated), list(reference))

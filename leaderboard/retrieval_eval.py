@@ -10,10 +10,12 @@ keeps in-domain tickets matched and sends out-of-domain tickets to the model's o
 
 from __future__ import annotations
 
+import random
 import statistics
 from dataclasses import asdict, dataclass, field
 
 from leaderboard.workflow_cases import WorkflowCase, case_tickets, paraphrase_query
+from router.importers import LabeledDataError, import_it_tickets, split_labeled
 
 PHRASINGS = ("alert", "paraphrase", "ticket")
 
@@ -102,9 +104,6 @@ def summaries_json(summaries: list[RetrievalSummary]) -> list[dict]:
 def out_of_domain_queries(split: str, limit: int = 200) -> list[str]:
     """IT service-desk tickets (HR, purchases, laptops, access requests: not alert runbook material), a
     fixed sample of the `split` part of ../shared/data/it-service-tickets; empty when the data is absent."""
-    import random
-
-    from router.importers import LabeledDataError, import_it_tickets, split_labeled
 
     try:
         tickets = import_it_tickets(limit=20000)

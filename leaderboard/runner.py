@@ -25,8 +25,9 @@ from pathlib import Path
 from core.config import ModelSpec
 from core.task_map import MapError, TaskMap
 from experts.engines.base import Engine
+from experts.engines.registry import build_engine
 from leaderboard.derive import MapDiff, ScoreMatrix, averages, content_hash, derive_map, diff_maps, matrix_from_rows
-from leaderboard.evaluate import EvalSettings, ItemResult, PlanFn, SimilarityFn, evaluate_items, sample_items
+from leaderboard.evaluate import EvalSettings, ItemResult, PlanFn, SimilarityFn, evaluate_classifier, evaluate_items, sample_items
 from leaderboard.results import ResultStore, read_manifest, utc_now, write_manifest
 from leaderboard.tasksets import TaskSet, WorkflowItem
 
@@ -42,21 +43,8 @@ class LeaderboardError(RuntimeError):
 
 
 def default_engine_factory(spec: ModelSpec) -> Engine:
-    """`experts.engines.registry.build_engine(spec)` when that module exists, else a
-    TransformersEngine on the spec's weights (chat unless prompt_format is 'completion')."""
-    try:
-        from experts.engines.registry import build_engine
-    except ModuleNotFoundError as exc:
-        if exc.name != "experts.engines.registry":
-            raise
-        build_engine = None
-    if build_engine is not None:
-        return build_engine(spec)
-    from experts.engines.transformers_engine import TransformersEngine
-    from experts.engines.weights import resolve_weights
-
-    return TransformersEngine(resolve_weights(spec.base), name=spec.name, adapter=spec.adapter,
-                              chat=spec.prompt_format != "completion", threads=spec.threads, dtype=spec.dtype)
+    """The engine the service would build for `spec` (experts.engines.registry)."""
+    return build_engine(spec)
 
 
 @dataclass
@@ -370,7 +358,6 @@ def _store_map(run: LeaderboardRun, taskset: TaskSet, max_items: int | None) -> 
 
 def _score_classifier(run: LeaderboardRun, taskset: TaskSet, classify: Classifier, plots: bool) -> None:
     """Score `classify` on the holdout into classification.json (and confusion.png with plots)."""
-    from leaderboard.evaluate import evaluate_classifier
 
     report = evaluate_classifier(classify, taskset.holdout, taskset.task_names)
     run.classification = report.as_dict()

@@ -40,7 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 from core.config import slug
 from core.paths import STARTER_DIR, shared_data_dir
 from core.schemas import UNKNOWN, LabeledQuery
+from leaderboard.case_tasks import assign_case_tasks, load_case_task_rules
+from leaderboard.workflow_cases import load_runbook_cases
 from router.importers import (
+    IT_TICKET_TASKS,
     OWL_DESCRIPTIONS,
     OWL_TASKS,
     import_it_tickets,
@@ -505,7 +508,6 @@ def from_it_tickets(path: str | Path | None = None, limit: int | None = None, ho
     A leaderboard built on it refuses with a clear error; a map for these tasks routes every task to
     the fallback expert unless items are added (e.g. workflow cases via `with_items`).
     """
-    from router.importers import IT_TICKET_TASKS
 
     queries = import_it_tickets(path, limit=limit)
     present = {q.task for q in queries}
@@ -577,7 +579,6 @@ def from_starter(directory: str | Path | None = None, cases: Iterable | None = N
         if case_task is not None:
             items = workflow_items(cases, case_task)
         else:
-            from leaderboard.case_tasks import assign_case_tasks
 
             cases = list(cases)
             assign, case_meta = assign_case_tasks(cases, tasks, examples, rules=case_rules)
@@ -615,7 +616,6 @@ def load_taskset(name_or_dir: str | Path, cases_dir: str | Path | None = None,
     or the classifier (leaderboard/case_tasks.py) — for other sets, use `with_items` with an explicit task."""
     rules = None
     if case_tasks is not None:
-        from leaderboard.case_tasks import load_case_task_rules
 
         rules = load_case_task_rules(case_tasks)
     p = Path(name_or_dir)
@@ -624,7 +624,6 @@ def load_taskset(name_or_dir: str | Path, cases_dir: str | Path | None = None,
             if str(name_or_dir) != "starter":
                 raise TaskSetError("workflow cases can be attached to the starter task set only; use "
                                    "with_items(...) with an explicit task for others")
-            from leaderboard.workflow_cases import load_runbook_cases
 
             return from_starter(cases=load_runbook_cases(cases_dir), case_rules=rules)
         return TASKSETS[str(name_or_dir)]()
@@ -633,7 +632,6 @@ def load_taskset(name_or_dir: str | Path, cases_dir: str | Path | None = None,
     if (p / "tasks.yaml").exists():
         cases = None
         if cases_dir is not None:
-            from leaderboard.workflow_cases import load_runbook_cases
 
             cases = load_runbook_cases(cases_dir)
         return from_starter(p, cases=cases, case_rules=rules)

@@ -11,6 +11,7 @@ and the actionable ones kept; a code fence is one step, joined to the sentence t
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -108,7 +109,6 @@ TICKETS_FILE = Path(__file__).resolve().parent / "data" / "runbook_tickets.jsonl
 def case_tickets(path: str | Path = TICKETS_FILE) -> dict[str, str]:
     """Team-written tickets for the Prometheus runbook cases (case id -> "title\ndescription"): what an
     on-call engineer would write about the incident, without the alert's name and in other words."""
-    import json
 
     p = Path(path)
     if not p.exists():

@@ -12,6 +12,7 @@ observation, budget-closed candidates, knowledge none-matched, latency.
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -19,10 +20,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.config import FlowRouterConfig, ModelSpec
+from core.embeddings import shared_embedder
 from core.schemas import PlanRequest
 from core.stepscore import step_scores
+from core.task_map import TaskMap
 from core.workflow import MermaidError, Workflow, parse_mermaid, to_mermaid
+from experts.engines.registry import build_engine
+from experts.knowledge.retrieve import KnowledgeBase
+from experts.planner import Planner
+from experts.scorer import Scorer, best_index
 from leaderboard.workflow_cases import WorkflowCase
+from router.classifier import TaskClassifier
+from router.examples import ExampleIndex, load_examples, load_tasks
+from router.routing import get_router
 
 # How much knowledge the Planner sees: (chunks, nodes); "service" is the config's own setting.
 KNOWLEDGE_SETTINGS = {"none": (0, 0), "vector": (2, 0), "graph": (0, 2), "graph-1": (0, 1), "both": (2, 2),
@@ -100,7 +110,6 @@ class InProcessService:
 
     def __init__(self, cfg: FlowRouterConfig, knowledge_dir: str | None, engines: dict | None = None):
         """`engines` (model name -> engine) replaces what would be loaded, e.g. an expert under training."""
-        from experts.knowledge.retrieve import KnowledgeBase
 
         self.cfg = cfg
         self.kb = KnowledgeBase.open(knowledge_dir) if knowledge_dir else None
@@ -108,8 +117,6 @@ class InProcessService:
         self._classifier = None
 
     def engine(self, spec: ModelSpec):
-        from experts.engines.registry import build_engine
-
         if spec.name not in self.engines:
             self.engines[spec.name] = build_engine(spec)
         return self.engines[spec.name]
@@ -117,9 +124,6 @@ class InProcessService:
     @property
     def classifier(self):
         if self._classifier is None:
-            from core.embeddings import shared_embedder
-            from router.classifier import TaskClassifier
-            from router.examples import ExampleIndex, load_examples, load_tasks
 
             c = self.cfg.classifier
             index = ExampleIndex(load_examples(self.cfg.tasks.examples), shared_embedder(), c.lexical_weight)
@@ -128,16 +132,12 @@ class InProcessService:
 
     def route(self, text: str) -> tuple[str, str]:
         """(task, expert) the service would choose for `text`."""
-        from core.task_map import TaskMap
-        from router.routing import get_router
 
         [cls] = self.classifier.classify([text])
         return cls.task, get_router("map").route(cls.task, TaskMap.load(self.cfg.map))
 
     def solver(self, setting: str, candidates: int, route: str = "live", expert: str | None = None,
                exclude_own_doc: bool = False) -> Solver:
-        from experts.planner import Planner
-        from experts.scorer import Scorer, best_index
 
         counts = KNOWLEDGE_SETTINGS[setting] or (self.cfg.planner.context_chunks, self.cfg.planner.context_nodes)
         pcfg = self.cfg.planner.model_copy(update={"context_chunks": counts[0], "context_nodes": counts[1],
@@ -269,7 +269,6 @@ def evaluate(cases: list[WorkflowCase], solve: Solver, setting: str, candidates:
 
 def reference_bounds(cases: list[WorkflowCase], embedder=None, seed: int = 0) -> dict[str, float]:
     """STEPScore F1 of the reference against itself (100) and against another runbook's steps (a floor)."""
-    import random
 
     rng = random.Random(seed)
     own = step_scores([(c.reference_steps, c.reference_steps) for c in cases], embedder=embedder)

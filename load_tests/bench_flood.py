@@ -230,7 +230,7 @@ def report(r: dict) -> str:
 
     lines = [
         "",
-        "Ticket floods (issue 6) — one run, same machine and models",
+        "Ticket floods — one run, same machine and models",
         f"  throughput ratio, storm   (FlowRouter / sequential baseline): {f(tr['storm'])}x   (target >= 5x)",
         f"  throughput ratio, diverse (FlowRouter / sequential baseline): {f(tr['diverse'])}x   (target >= 2x)",
         f"  service CPU-seconds per ticket, baseline / FlowRouter: storm {f(r['cpu_per_ticket_ratio']['storm'])}x, "

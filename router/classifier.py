@@ -27,7 +27,8 @@ from core.config import ClassifierConfig
 from core.schemas import UNKNOWN, Classification
 from experts.engines.base import Engine
 from router.examples import ExampleIndex, Neighbour, TaskInfo
-from router.fusion import vote_row
+from router.fusion import load_or_fit, load_or_fit_gate, vote_row
+from router.head import LinearHead
 
 SYSTEM = "You classify IT operations tickets into exactly one task. Answer with the task name only."
 
@@ -63,16 +64,13 @@ class TaskClassifier:
         self.artefact: Path | None = None
         self.gate: dict | None = None  # the learned gate (cascade.gate: learned, with an LLM)
         if cfg.fusion == "learned":
-            from router.fusion import load_or_fit
 
             self.fusion, self.artefact = load_or_fit(index, self.names, cfg)
             if cfg.cascade.gate == "learned" and llm is not None:
-                from router.fusion import load_or_fit_gate
 
                 self.gate = load_or_fit_gate(self.fusion, self.artefact, index, cfg, llm, cfg.model.fingerprint(),
                                              self.prompt, self.labels)
         elif cfg.head_weight > 0:
-            from router.head import LinearHead
 
             self.head = LinearHead([e.text for e in index.examples], [e.task for e in index.examples], self.names,
                                    index.vectors, index.lexical, c=cfg.head_c)

@@ -20,11 +20,13 @@ import json
 from pathlib import Path
 
 from core.config import ClassifierConfig
+from core.embeddings import shared_embedder
 from core.schemas import UNKNOWN, LabeledQuery
 from experts.knowledge.documents import Document
 from experts.knowledge.markdown import humanize, plain_text, whole_sentences
+from experts.knowledge.store import KnowledgeStore
 from router.classifier import TaskClassifier
-from router.examples import ExampleIndex, TaskInfo
+from router.examples import ExampleIndex, TaskInfo, load_examples, load_tasks
 
 CONFIDENT = 0.5  # the classifier's task joins a task named by a tag only above this probability
 TEXT_CHARS = 600
@@ -41,7 +43,6 @@ class DocumentTaskAssigner:
 
     def __init__(self, tasks: list[TaskInfo], examples: list[LabeledQuery], cfg: ClassifierConfig, embedder=None):
         if embedder is None:
-            from core.embeddings import shared_embedder
 
             embedder = shared_embedder()
         self.names = [t.name for t in tasks]
@@ -69,7 +70,6 @@ class DocumentTaskAssigner:
 
 def assigner_for(cfg) -> DocumentTaskAssigner:
     """The assigner of a FlowRouterConfig: its task set, labeled examples and classifier settings."""
-    from router.examples import load_examples, load_tasks
 
     return DocumentTaskAssigner(load_tasks(cfg.tasks.tasks), load_examples(cfg.tasks.examples), cfg.classifier)
 
@@ -91,6 +91,4 @@ def uncovered_experts(manifest: dict, experts) -> list[str]:
 
 
 def manifest_of(directory: str | Path) -> dict:
-    from experts.knowledge.store import KnowledgeStore
-
     return KnowledgeStore(directory).manifest()

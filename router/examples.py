@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,6 @@ def load_examples(paths: list[str | Path]) -> list[LabeledQuery]:
                 out.append(LabeledQuery(id=str(row.get("id") or f"{p.stem}-{n}"), text=row["text"],
                                         task=row["task"], source=row.get("source") or p.stem))
         elif p.suffix == ".csv":
-            import csv
 
             with p.open(newline="", encoding="utf-8") as fh:
                 for n, row in enumerate(csv.DictReader(fh), 1):

@@ -46,6 +46,10 @@ from types import SimpleNamespace
 import numpy as np
 
 from core.config import ClassifierConfig
+from core.paths import cache_dir
+from router.examples import Neighbour
+from router.head import LinearHead
+from router.lexical import LexicalSVC
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +219,6 @@ class FittedFusion:
 
 
 def _fit_components(comps, texts, tasks, names, vectors, lexical, cfg: ClassifierConfig):
-    from router.head import LinearHead
-    from router.lexical import LexicalSVC
-
     head = svc = None
     if "head" in comps:
         head = LinearHead(texts, tasks, names, vectors, lexical, c=cfg.head_c)
@@ -321,7 +322,6 @@ def fit_fusion(index, names: list[str], cfg: ClassifierConfig, version: str) -> 
 def artefact_dir(cfg: ClassifierConfig, version: str) -> Path:
     if cfg.artefact:
         return Path(cfg.artefact)
-    from core.paths import cache_dir
 
     return cache_dir() / "classifier" / "fitted" / version
 
@@ -447,7 +447,6 @@ def learn_gate(conf: np.ndarray, ret_ok: np.ndarray, llm_probs: np.ndarray, fuse
 def fit_gate(fitted: FittedFusion, index, cfg: ClassifierConfig, llm, prompt_fn, labels: list[str],
              batch_size: int = 16) -> dict:
     """Ask the LLM about the least confident OOF examples and learn the gate from the measured gains."""
-    from router.examples import Neighbour
 
     t0 = time.perf_counter()
     c = cfg.cascade

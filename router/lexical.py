@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import Counter
+
+from router.head import probs_in_task_order
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,6 @@ class LexicalSVC:
         # Calibration needs every fold to see every task; with very few examples per task fall back to
         # fewer folds (at least 2; a task with a single example then just gets little mass).
         cv = max(2, min(folds, min(counts.values())))
-        import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "least populated class has only 1 member" on tiny sets
@@ -61,7 +63,6 @@ class LexicalSVC:
 
     def probs_matrix(self, texts: list[str]):
         """(len(texts), len(names)) probabilities in `names` order."""
-        from router.head import probs_in_task_order
 
         return probs_in_task_order(self, len(texts), lambda: self.features.transform(texts))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import importlib.metadata as md
 import json
 import re
 from pathlib import Path
@@ -80,8 +81,6 @@ def rebase_paths(obj, old: str, new: str):
 
 
 def library_versions() -> dict:
-    import importlib.metadata as md
-
     out = {}
     for name in ("torch", "transformers", "trl", "peft"):
         try:

@@ -19,8 +19,10 @@ from pathlib import Path
 
 from core.config import FlowRouterConfig, KnowledgeConfig
 from core.paths import cache_dir, shared_data_dir
+from experts.knowledge.build import ensure_knowledge_base
+from leaderboard.workflow_cases import load_runbook_cases
 from training import data as tdata
-from training.artifacts import expert_root
+from training.artifacts import expert_root, utc_now
 from training.gate import GateDecision, Publisher, PublishReport, decide, publish, serving_spec
 from training.job import TrainJob, run_job_payload
 from training.pool import JobOutcome, run_local, run_pool
@@ -65,8 +67,6 @@ def cases_dir(cfg: FlowRouterConfig) -> Path:
 def plan_jobs(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, live_map=None,
               feedback_rows: list[dict] | None = None) -> list[TrainJob]:
     """One TrainJob per expert name: its serving spec, the data split, queries and feedback."""
-    from experts.knowledge.build import ensure_knowledge_base
-    from leaderboard.workflow_cases import load_runbook_cases
 
     tc = cfg.training
     specs = {}
@@ -149,7 +149,6 @@ def train(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, *, publ
             report.published = asdict(publish(decisions, publisher))
     runs = Path(report.out_root) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    from training.artifacts import utc_now
 
     path = runs / f"{utc_now().replace(':', '')}-{'-'.join(experts)[:60]}.json"
     path.write_text(json.dumps({"experts": experts, "options": asdict(opts), **asdict(report)}, indent=2,

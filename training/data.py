@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from core.schemas import Ticket
+from core.workflow import WorkflowError, linear_workflow
 from leaderboard.workflow_cases import WorkflowCase
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,6 @@ def read_feedback(rows) -> list[FeedbackItem]:
 
     The latest verdict per (ticket, candidate) wins; tickets without a stored result are skipped.
     """
-    from core.schemas import Ticket
 
     latest: dict[tuple[str, int], FeedbackItem] = {}
     for row in rows:
@@ -141,7 +142,6 @@ def reversed_context(context):
     all the facts are there, in the wrong order."""
     if context is None:
         return None
-    from core.workflow import WorkflowError, linear_workflow
 
     ctx = context.model_copy(deep=True)
     for node in ctx.nodes:

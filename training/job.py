@@ -22,9 +22,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+import experts.planner  # noqa: F401
+import experts.scorer  # noqa: F401
 from core.config import FlowRouterConfig, ModelSpec
+from core.embeddings import shared_embedder
 from core.training_config import TrainingConfig
+from experts.engines.registry import build_engine
+from experts.engines.weights import resolve_weights
+from experts.knowledge.retrieve import KnowledgeBase
+from experts.planner import Planner
+from experts.scorer import Scorer
 from leaderboard.workflow_cases import WorkflowCase
+from leaderboard.workflow_eval import InProcessService, evaluate
 from training import artifacts
 from training.data import ExcludingRetriever, FeedbackItem, TrainQuery, sample
 from training.lora import Progress
@@ -50,8 +59,6 @@ class TrainJob(BaseModel):
 
 
 def _engine(spec: ModelSpec, adapter: str | None, threads: int):
-    from experts.engines.registry import build_engine
-
     # Training always runs transformers; the engine kind of the spec only matters for serving.
     return build_engine(spec.model_copy(update={"adapter": adapter, "threads": threads, "engine": "transformers"}))
 
@@ -59,8 +66,6 @@ def _engine(spec: ModelSpec, adapter: str | None, threads: int):
 def holdout_quality(cfg: FlowRouterConfig, expert: ModelSpec, engine, scorer_engine, knowledge_dir: str | None,
                     cases: list[WorkflowCase], candidates: int, exclude_own_doc: bool) -> dict:
     """STEPScore P/R/F1 of `engine` as `expert` on held-out cases (leaderboard.workflow_eval)."""
-    from core.embeddings import shared_embedder
-    from leaderboard.workflow_eval import InProcessService, evaluate
 
     setting = "service" if knowledge_dir else "none"
     service = InProcessService(cfg.model_copy(update={"experts": [expert]}), knowledge_dir,
@@ -109,8 +114,6 @@ def _import_training_libraries() -> None:
     """Import torch and the trainers up front, so a missing one fails before a version is reserved."""
     import torch  # noqa: F401
 
-    import experts.planner  # noqa: F401
-    import experts.scorer  # noqa: F401
     import training.planner_rl  # noqa: F401
     import training.scorer_dpo  # noqa: F401
 
@@ -137,7 +140,6 @@ class _JobRun:
         self.t_job = time.perf_counter()
         # Knowledge scopes are tags of the service's own documents; training retrieves from the whole base.
         self.expert = job.expert.model_copy(update={"knowledge_scope": []})
-        from experts.engines.weights import resolve_weights
 
         self.planner_weights = resolve_weights(self.expert.base)
         self.scorer_weights = resolve_weights(job.scorer.base)
@@ -149,7 +151,6 @@ class _JobRun:
         """Open the knowledge base the Planner is grounded in (no retrieval without `knowledge_dir`)."""
         kb = None
         if self.job.knowledge_dir:
-            from experts.knowledge.retrieve import KnowledgeBase
 
             kb = KnowledgeBase.open(self.job.knowledge_dir)
         self.retriever = ExcludingRetriever(kb, self.tc.exclude_own_doc) if kb is not None else None
@@ -179,14 +180,12 @@ class _JobRun:
 
     def _scorer(self):
         """The Scorer on the currently loaded Scorer engine."""
-        from experts.scorer import Scorer
 
         sc = self.cfg.scorer
         return Scorer(self.scorer_engine, sc.dimensions, sc.structure_weight, sc.grounding_weight)
 
     def _synth_planner(self):
         """The current Planner with the token budget for synthesizing good / fair / poor workflows."""
-        from experts.planner import Planner
 
         return Planner(self.expert, self.planner_engine, self.synth_cfg)
 
@@ -234,7 +233,6 @@ class _JobRun:
 
     def train_planner(self, i: int, tag: str) -> dict:
         """Planner GRPO with the current Scorer as reward, from the previous Planner adapter; reload it."""
-        from experts.planner import Planner
         from training.planner_rl import train_planner
 
         planner = Planner(self.expert, self.planner_engine, self.cfg.planner)

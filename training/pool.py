@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.threads import thread_env
+
 log = logging.getLogger(__name__)
 
 
@@ -65,8 +67,6 @@ def ensure_ray(num_cpus_per_job: float, address: str | None = None, threads: int
     then shuts it down)."""
     import ray
 
-    from core.threads import thread_env
-
     if ray.is_initialized():
         return False
     env = {"env_vars": thread_env(threads)}
@@ -76,7 +76,7 @@ def ensure_ray(num_cpus_per_job: float, address: str | None = None, threads: int
         connect(address, "flowrouter-training", runtime_env=env, log_to_driver=True)
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(num_cpus_per_job))
-        ray.init(num_cpus=cpus, include_dashboard=False, namespace="flowrouter-training", log_to_driver=True,
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace="flowrouter-training", log_to_driver=True,
                  runtime_env=env)
     return True
 

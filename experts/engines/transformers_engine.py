@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from experts.engines.base import Generation, SamplingParams, TokenizedEngine, common_prefix_len, label_split
+from experts.engines.constrained import ConstrainedSampler, GrammarCompilerCache
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,6 @@ class TransformersEngine(TokenizedEngine):
         mixed = params.temperature > 0 and bool(greedy)
         if params.grammar is None and not mixed and not params.frequency_penalty and not params.no_repeat_ngram:
             return None
-        from experts.engines.constrained import ConstrainedSampler
 
         return ConstrainedSampler(self.grammars if params.grammar else None, params.grammar, prompts * params.n,
                                   greedy, params.temperature, params.top_p, params.line_chars,
@@ -143,7 +143,6 @@ class TransformersEngine(TokenizedEngine):
     def grammars(self):
         """Compiled grammars for this tokenizer (built on first use)."""
         if self._grammars is None:
-            from experts.engines.constrained import GrammarCompilerCache
 
             self._grammars = GrammarCompilerCache(self.tokenizer, self.model.config.get_text_config().vocab_size)
         return self._grammars

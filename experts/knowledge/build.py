@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from core.embeddings import EMBEDDER_NAME
+from core.embeddings import EMBEDDER_NAME, shared_embedder
 from core.paths import cache_dir
 from experts.engines.base import Engine
 from experts.knowledge.chunking import Chunk, chunk_document
@@ -219,7 +219,6 @@ def run_build(doc_dirs: list[str | Path], directory: str | Path, *, llm: Engine 
             log.info("knowledge base %s is up to date (%s)", store.root, prev_version)
             return BuildReport(prev_version, store.root, False, prev.manifest.get("stats", {}))
         if embedder is None:
-            from core.embeddings import shared_embedder
 
             embedder = shared_embedder()
         b.timings["scan_load"] = time.perf_counter() - t0

@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from experts.knowledge.documents import Document
-from experts.knowledge.markdown import split_sections
+from experts.knowledge.markdown import Section, split_sections
 
 DEFAULT_CHUNK_CHARS = 900
 
@@ -111,7 +111,6 @@ def chunk_document(doc: Document, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> lis
     if doc.is_markdown:
         sections = split_sections(text, doc.body_start)
     else:
-        from experts.knowledge.markdown import Section
 
         sections = [Section([], 0, doc.body_start, len(text))]
     chunks: list[Chunk] = []

@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from core.embeddings import DenseIndex, shared_embedder
 from experts.knowledge.documents import KnowledgeError
 from experts.knowledge.graph import normalize_incident
 from experts.knowledge.incident import TASK_TAG, NodeHit
@@ -80,7 +81,6 @@ class _State:
 
 def _load_state(store: KnowledgeStore, version: str, stamp) -> _State:
     data = read_version(store.version_dir(version), raw=False)
-    from core.embeddings import DenseIndex
 
     index = DenseIndex(data.chunk_vectors if len(data.chunk_vectors) else
                        np.zeros((0, int(data.manifest.get("dim", 384))), np.float32))
@@ -164,7 +164,6 @@ class KnowledgeBase:
     @property
     def embedder(self):
         if self._embedder is None:
-            from core.embeddings import shared_embedder
 
             self._embedder = shared_embedder()
         return self._embedder

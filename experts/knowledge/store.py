@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.embeddings import DenseIndex
 from experts.knowledge.chunking import Chunk
 from experts.knowledge.documents import KnowledgeError
 from experts.knowledge.incident import IncidentMention, IncidentNode
@@ -209,8 +210,6 @@ def _node_schema():
 def write_version(folder: Path, data: VersionData) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from core.embeddings import DenseIndex
 
     dim = int(data.manifest.get("dim") or 384)
     rows = [{k: getattr(c, k) for k in CHUNK_COLUMNS} for c in data.chunks]

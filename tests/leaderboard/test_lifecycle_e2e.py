@@ -1,4 +1,4 @@
-"""Issue 4 end to end: a new model arrives while tickets flow.
+"""Model lifecycle end to end: a new model arrives while tickets flow.
 
 A dedicated service (one Planner expert, one Scorer replica, API keys on: this test changes what the
 app serves, so it does not share the session `service`) runs. A leaderboard over the service's own
