@@ -3,8 +3,9 @@
 - eq. 4: score(task, expert) = mean item score of the expert on the task's evaluated items
   (MC: accuracy; free text / workflow items contribute their [0, 1] score).
 - eq. 5: route(task) = argmax over experts of score(task, expert).
-- eq. 8: fallback (the `unknown` route) = argmax over experts of the mean of score(task, expert)
-  over every evaluated task.
+- eq. 8: fallback (the `unknown` route) = argmax over experts of the micro average: the mean item
+  score over all evaluated items, so a task with many items weighs more than one with few. The macro
+  average (mean of the per-task scores) is reported beside it, never used for routing.
 
 Tie-break (scores equal to 1e-9): for a task, the expert with the higher average (eq. 8 value)
 wins, then the expert name that sorts first; for the fallback, the name that sorts first. Tasks
@@ -53,6 +54,20 @@ class ScoreMatrix:
         return out
 
     def average(self, expert: str) -> float | None:
+        """Micro average (eq. 8): the expert's mean score over every evaluated item."""
+        total = items = 0.0
+        for t in self.eval_tasks():
+            if expert not in self.scores[t]:
+                continue
+            n = self.counts.get(t, {}).get(expert, 0)
+            if n <= 0:
+                raise ValueError(f"no item count for {expert} on {t}: the micro average needs counts")
+            total += self.scores[t][expert] * n
+            items += n
+        return total / items if items else None
+
+    def macro_average(self, expert: str) -> float | None:
+        """The mean of the expert's per-task scores (every task weighs the same)."""
         vals = [self.scores[t][expert] for t in self.eval_tasks() if expert in self.scores[t]]
         return sum(vals) / len(vals) if vals else None
 
@@ -85,11 +100,15 @@ def matrix_from_rows(rows: list[dict], tasks: list[str], experts: list[str],
                                                   for t in tasks}))
 
 
-def averages(matrix: ScoreMatrix) -> dict[str, float]:
-    """eq. 8 numbers: each expert's mean score over the evaluated tasks it has scores on."""
+def averages(matrix: ScoreMatrix, kind: str = "micro") -> dict[str, float]:
+    """Each expert's average over what it was evaluated on: `micro` (eq. 8, over items; routes `unknown`)
+    or `macro` (over tasks; shown beside it)."""
+    if kind not in ("micro", "macro"):
+        raise ValueError(f"average kind must be micro or macro, not {kind!r}")
+    of = matrix.average if kind == "micro" else matrix.macro_average
     out = {}
     for e in matrix.experts:
-        a = matrix.average(e)
+        a = of(e)
         if a is not None:
             out[e] = a
     return out

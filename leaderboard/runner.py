@@ -381,7 +381,8 @@ def _write_summary(run: LeaderboardRun, taskset: TaskSet) -> None:
     """Write summary.json: matrix, averages, latency, the current map and the missing cells."""
     out, matrix = run.out_dir, run.matrix
     summary = {"taskset": taskset.name, "taskset_version": run.taskset_version, "settings_key": run.settings_key,
-               "matrix": matrix.to_rows(), "averages": averages(matrix), "seconds_per_item": run.seconds_per_item,
+               "matrix": matrix.to_rows(), "averages": averages(matrix),
+               "macro_averages": averages(matrix, "macro"), "seconds_per_item": run.seconds_per_item,
                "map": run.task_map.version if run.task_map else None,
                "map_file": str(run.map_path.relative_to(out)) if run.map_path else None,
                "missing": [list(m) for m in matrix.missing()], "updated": utc_now()}

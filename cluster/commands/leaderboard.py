@@ -357,6 +357,7 @@ def cmd_show(args) -> int:
 
         print(json.dumps({"out": str(out), "taskset": run.taskset_name, "taskset_version": run.taskset_version,
                           "matrix": run.matrix.to_rows(), "averages": averages(run.matrix),
+                          "macro_averages": averages(run.matrix, "macro"),
                           "seconds_per_item": run.seconds_per_item,
                           "missing": [list(m) for m in run.matrix.missing()],
                           "map": run.task_map.model_dump() if run.task_map else None,
@@ -406,11 +407,12 @@ def _print_run(run) -> None:
             txt = "—" if v is None else f"{v:.3f}" + ("" if n == m.expected.get(t, 0) else f" ({n})")
             cells.append(f"[bold]{txt}[/]" if routes.get(t) == e else txt)
         table.add_row(t, *cells, str(m.expected.get(t, 0)), routes.get(t, ""))
-    avg = averages(m)
+    avg, macro = averages(m), averages(m, "macro")
     fb = run.task_map.fallback if run.task_map else None
-    table.add_row("[italic]avg → unknown[/]",
+    table.add_row("[italic]micro avg → unknown[/]",
                   *[("[bold]" if fb == e else "") + (f"{avg[e]:.3f}" if e in avg else "—") + ("[/]" if fb == e else "")
-                    for e in m.experts], "", fb or "")
+                    for e in m.experts], str(sum(m.expected.get(t, 0) for t in m.eval_tasks())), fb or "")
+    table.add_row("[italic]macro avg[/]", *[f"{macro[e]:.3f}" if e in macro else "—" for e in m.experts], "", "")
     table.add_row("[italic]s / item[/]", *[f"{run.seconds_per_item[e]:.2f}" if e in run.seconds_per_item else "—"
                                           for e in m.experts], "", "")
     console.print(table)

@@ -102,3 +102,25 @@ def test_diff_maps():
     assert not same.routing_changed and "routing unchanged" in same.lines()[-1]
     first = diff_maps(None, new)
     assert first.added == new.routes and first.old_version is None
+
+
+def test_unknown_takes_the_micro_average_over_items_not_the_mean_of_tasks():
+    # net has 8 items, db 2. a: net 0.5, db 1.0 -> micro (4 + 2) / 10 = 0.6, macro 0.75
+    #                        b: net 0.7, db 0.6 -> micro (5.6 + 1.2) / 10 = 0.68, macro 0.65
+    rows = ([{"task": "net", "expert": "a", "score": s} for s in (1, 0) * 4] +
+            [{"task": "db", "expert": "a", "score": 1.0}] * 2 +
+            [{"task": "net", "expert": "b", "score": s} for s in (1, 1, 1, 1, 1, 0.6, 0, 0)] +
+            [{"task": "db", "expert": "b", "score": s} for s in (0.2, 1.0)])
+    m = matrix_from_rows(rows, ["net", "db"], ["a", "b"])
+    assert averages(m) == {"a": pytest.approx(0.6), "b": pytest.approx(0.68)}
+    assert averages(m, "macro") == {"a": pytest.approx(0.75), "b": pytest.approx(0.65)}
+    tm = derive_map(m)
+    assert tm.fallback == "b"  # the macro mean would have chosen a
+    assert tm.scores[UNKNOWN] == {"a": 0.6, "b": 0.68}
+
+
+def test_micro_average_refuses_cells_without_item_counts():
+    m = ScoreMatrix(tasks=["net"], experts=["a"], scores={"net": {"a": 0.5}})
+    with pytest.raises(ValueError, match="needs counts"):
+        averages(m)
+    assert averages(m, "macro") == {"a": 0.5}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -87,16 +85,14 @@ def test_workflow_scores_calls_stepscore(monkeypatch):
     class S:  # STEPScore reports 0-100
         precision, recall, f1 = 50.0, 100.0, 200 / 3
 
-    fake = types.ModuleType("core.stepscore")
-    fake.step_score = lambda gen, ref: calls.append((gen, ref)) or S()
-    monkeypatch.setitem(sys.modules, "core.stepscore", fake)
+    monkeypatch.setattr("leaderboard.metrics.step_score", lambda gen, ref: calls.append((gen, ref)) or S())
     s = workflow_scores(["check disk", "free space"], ["check disk"])
     assert (s.precision, s.recall, s.f1) == (0.5, 1.0, pytest.approx(2 / 3))
     assert calls == [(["check disk", "free space"], ["check disk"])]
     class Neg:
         precision, recall, f1 = -5.0, 120.0, 0.0
 
-    fake.step_score = lambda gen, ref: Neg()
+    monkeypatch.setattr("leaderboard.metrics.step_score", lambda gen, ref: Neg())
     assert (workflow_scores(["a"], ["b"]).precision, workflow_scores(["a"], ["b"]).recall) == (0.0, 1.0)  # clipped
     assert workflow_scores([], ["x"]).f1 == 0.0  # nothing generated: 0 without calling the scorer
 

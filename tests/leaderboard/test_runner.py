@@ -233,17 +233,13 @@ def test_sampling_is_deterministic_and_nested():
 
 
 def test_workflow_items_use_the_injected_planner(tmp_path, monkeypatch):
-    import sys
-    import types
-
     class S:  # STEPScore's 0-100 scale
         def __init__(self, p, r):
             self.precision, self.recall = 100 * p, 100 * r
             self.f1 = 200 * p * r / (p + r) if p + r else 0.0
 
-    fake = types.ModuleType("core.stepscore")
-    fake.step_score = lambda gen, ref: S(len(set(gen) & set(ref)) / len(gen), len(set(gen) & set(ref)) / len(ref))
-    monkeypatch.setitem(sys.modules, "core.stepscore", fake)
+    monkeypatch.setattr("leaderboard.metrics.step_score",
+                        lambda gen, ref: S(len(set(gen) & set(ref)) / len(gen), len(set(gen) & set(ref)) / len(ref)))
     ts = TaskSet(name="wf", tasks=[TaskInfo(name="k8s")],
                  items=[WorkflowItem(id="w1", task="k8s", query="pod crashloop",
                                      reference_steps=["describe pod", "read logs"])])
