@@ -64,7 +64,6 @@ class Scorer:
     @property
     def embedder(self):
         if self._embedder is None:
-
             self._embedder = shared_embedder()
         return self._embedder
 

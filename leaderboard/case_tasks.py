@@ -67,7 +67,6 @@ def classify_cases(cases: list, tasks, examples: list[LabeledQuery], cfg=None, l
     if not cases:
         return []
     if embedder is None:
-
         embedder = shared_embedder()
     cfg = cfg or ClassifierConfig(model=ModelSpec(name="classifier", base="smollm2-135m-instruct"))
     infos = [t if isinstance(t, TaskInfo) else TaskInfo(t.name, getattr(t, "description", "")) for t in tasks]

@@ -220,7 +220,6 @@ class _MemoLLM:
 
     def save(self) -> None:
         if self.path and self.dirty:
-
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():  # another run may have added answers since this one read the file
                 try:
@@ -275,7 +274,6 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
         report["baseline"] = {"name": "TF-IDF (word 1-2 + char 2-4) + LinearSVC", "accuracy": r.accuracy,
                               "macro_f1": r.macro_f1, "seconds": time.perf_counter() - t0}
     if embedder is None:
-
         embedder = shared_embedder()
     if not isinstance(embedder, CachedEmbedder):
         embedder = CachedEmbedder(embedder, progress=progress)
@@ -285,7 +283,6 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
     embedder.save()
     llm = None
     if engine is not None:
-
         llm = _MemoLLM(engine, cache_dir() / "classifier-eval" / f"llm-{cfg.model.fingerprint()}.json")
     clf = TaskClassifier(cfg, data.tasks, index, llm)  # fits or loads the artefact (and the gate) as the service does
     if llm is not None:

@@ -116,7 +116,6 @@ def cosine_scores(predictions: Sequence[str], references: Sequence[str],
     if not predictions:
         return []
     if encode is None:
-
         encode = shared_embedder().encode
     import numpy as np
 

@@ -579,7 +579,6 @@ def from_starter(directory: str | Path | None = None, cases: Iterable | None = N
         if case_task is not None:
             items = workflow_items(cases, case_task)
         else:
-
             cases = list(cases)
             assign, case_meta = assign_case_tasks(cases, tasks, examples, rules=case_rules)
             items = workflow_items(cases, assign)
@@ -616,7 +615,6 @@ def load_taskset(name_or_dir: str | Path, cases_dir: str | Path | None = None,
     or the classifier (leaderboard/case_tasks.py) — for other sets, use `with_items` with an explicit task."""
     rules = None
     if case_tasks is not None:
-
         rules = load_case_task_rules(case_tasks)
     p = Path(name_or_dir)
     if str(name_or_dir) in TASKSETS and not (p / "taskset.yaml").exists():
@@ -632,7 +630,6 @@ def load_taskset(name_or_dir: str | Path, cases_dir: str | Path | None = None,
     if (p / "tasks.yaml").exists():
         cases = None
         if cases_dir is not None:
-
             cases = load_runbook_cases(cases_dir)
         return from_starter(p, cases=cases, case_rules=rules)
     raise TaskSetError(f"unknown task set {str(name_or_dir)!r}: use one of {sorted(TASKSETS)} or a folder "

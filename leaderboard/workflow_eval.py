@@ -124,7 +124,6 @@ class InProcessService:
     @property
     def classifier(self):
         if self._classifier is None:
-
             c = self.cfg.classifier
             index = ExampleIndex(load_examples(self.cfg.tasks.examples), shared_embedder(), c.lexical_weight)
             self._classifier = TaskClassifier(c, load_tasks(self.cfg.tasks.tasks), index, self.engine(c.model))

@@ -64,14 +64,11 @@ class TaskClassifier:
         self.artefact: Path | None = None
         self.gate: dict | None = None  # the learned gate (cascade.gate: learned, with an LLM)
         if cfg.fusion == "learned":
-
             self.fusion, self.artefact = load_or_fit(index, self.names, cfg)
             if cfg.cascade.gate == "learned" and llm is not None:
-
                 self.gate = load_or_fit_gate(self.fusion, self.artefact, index, cfg, llm, cfg.model.fingerprint(),
                                              self.prompt, self.labels)
         elif cfg.head_weight > 0:
-
             self.head = LinearHead([e.text for e in index.examples], [e.task for e in index.examples], self.names,
                                    index.vectors, index.lexical, c=cfg.head_c)
 

@@ -43,7 +43,6 @@ class DocumentTaskAssigner:
 
     def __init__(self, tasks: list[TaskInfo], examples: list[LabeledQuery], cfg: ClassifierConfig, embedder=None):
         if embedder is None:
-
             embedder = shared_embedder()
         self.names = [t.name for t in tasks]
         index = ExampleIndex(examples, embedder, cfg.lexical_weight)

@@ -46,7 +46,6 @@ def load_examples(paths: list[str | Path]) -> list[LabeledQuery]:
                 out.append(LabeledQuery(id=str(row.get("id") or f"{p.stem}-{n}"), text=row["text"],
                                         task=row["task"], source=row.get("source") or p.stem))
         elif p.suffix == ".csv":
-
             with p.open(newline="", encoding="utf-8") as fh:
                 for n, row in enumerate(csv.DictReader(fh), 1):
                     out.append(LabeledQuery(id=str(row.get("id") or f"{p.stem}-{n}"), text=row["text"],

@@ -151,7 +151,6 @@ class _JobRun:
         """Open the knowledge base the Planner is grounded in (no retrieval without `knowledge_dir`)."""
         kb = None
         if self.job.knowledge_dir:
-
             kb = KnowledgeBase.open(self.job.knowledge_dir)
         self.retriever = ExcludingRetriever(kb, self.tc.exclude_own_doc) if kb is not None else None
         self.k_nodes_full = max(1, self.rl.context_nodes)

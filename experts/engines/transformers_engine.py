@@ -143,7 +143,6 @@ class TransformersEngine(TokenizedEngine):
     def grammars(self):
         """Compiled grammars for this tokenizer (built on first use)."""
         if self._grammars is None:
-
             self._grammars = GrammarCompilerCache(self.tokenizer, self.model.config.get_text_config().vocab_size)
         return self._grammars
 

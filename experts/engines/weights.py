@@ -155,6 +155,5 @@ def _convert(gguf: Path, out: Path) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     if out.exists():
-
         shutil.rmtree(out)
     tmp.rename(out)

@@ -219,7 +219,6 @@ def run_build(doc_dirs: list[str | Path], directory: str | Path, *, llm: Engine 
             log.info("knowledge base %s is up to date (%s)", store.root, prev_version)
             return BuildReport(prev_version, store.root, False, prev.manifest.get("stats", {}))
         if embedder is None:
-
             embedder = shared_embedder()
         b.timings["scan_load"] = time.perf_counter() - t0
         _extract(b, llm, embedder, progress)

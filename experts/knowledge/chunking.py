@@ -111,7 +111,6 @@ def chunk_document(doc: Document, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> lis
     if doc.is_markdown:
         sections = split_sections(text, doc.body_start)
     else:
-
         sections = [Section([], 0, doc.body_start, len(text))]
     chunks: list[Chunk] = []
     for sec in sections:

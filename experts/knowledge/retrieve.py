@@ -164,7 +164,6 @@ class KnowledgeBase:
     @property
     def embedder(self):
         if self._embedder is None:
-
             self._embedder = shared_embedder()
         return self._embedder
 
