@@ -46,8 +46,10 @@ from router.importers import (
     IT_TICKET_TASKS,
     OWL_DESCRIPTIONS,
     OWL_TASKS,
+    LabeledDataError,
     import_it_tickets,
     import_owl_bench,
+    load_labeled,
     split_labeled,
 )
 
@@ -118,6 +120,42 @@ def load_eval_data(dataset: str, split: str = "test", limit: int | None = None, 
     return EvalData(dataset, split, tasks, train, test,
                     meta={"queries": len(queries), "train_full": full[0], "test_full": full[1],
                           "test_fraction": test_fraction, "seed": seed})
+
+
+def load_eval_files(train_path: str | Path, test_path: str | Path, *, text_col: str = "text",
+                    task_col: str = "task", id_col: str = "id", limit: int | None = None,
+                    train_limit: int | None = None, seed: int = 0) -> EvalData:
+    """A team's own labeled tickets: train and test files in the formats `load_labeled` reads (JSONL, JSON,
+    CSV, TSV). The tasks are the training file's labels; a test label the training file lacks is an error,
+    since no classifier could answer it."""
+    train = load_labeled(train_path, text_col, task_col, id_col)
+    test = load_labeled(test_path, text_col, task_col, id_col)
+    if not train or not test:
+        empty = train_path if not train else test_path
+        raise LabeledDataError(f"{empty}: no labeled rows")
+    names = sorted({q.task for q in train})
+    unseen = sorted({q.task for q in test} - set(names))
+    if unseen:
+        raise LabeledDataError(f"{test_path}: task(s) {unseen} never occur in {train_path}; the classifier can "
+                               f"only answer {names}")
+    full = (len(train), len(test))
+    train, test = _subset(train, train_limit, seed), _subset(test, limit, seed)
+    return EvalData(Path(test_path).stem, "file", [TaskInfo(n) for n in names], train, test,
+                    meta={"train_file": str(train_path), "test_file": str(test_path), "train_full": full[0],
+                          "test_full": full[1], "seed": seed})
+
+
+CASCADE_OVERRIDES = ("min_agreement", "gate", "max_llm_share")
+
+
+def service_config(base: ClassifierConfig, overrides: dict | None = None) -> ClassifierConfig:
+    """The service's classifier settings with the command line's overrides (validated like the config)."""
+    o = dict(overrides or {})
+    cascade = {k: o.pop(k) for k in CASCADE_OVERRIDES if k in o}
+    raw = base.model_dump()
+    raw.update(o)
+    raw["cascade"] = {**raw["cascade"], **cascade}
+    return ClassifierConfig.model_validate(raw)
 
 
 def baseline_svc(train: list[LabeledQuery], test: list[LabeledQuery]) -> list[str]:

@@ -6,7 +6,8 @@
                                      [--publish [--url URL] [--config FILE] [--admin-key KEY]]
     flowrouter leaderboard show [--out DIR | --taskset NAME] [--json]
     flowrouter leaderboard taskset NAME|DIR --out DIR
-    flowrouter leaderboard classifier --dataset owl-bench|it-tickets [--split test|dev] [--modes ...]
+    flowrouter leaderboard classifier (--dataset owl-bench|it-tickets [--split test|dev] | --train FILE --test FILE)
+                                      [--modes ...]
                                       [--limit N] [--train-limit N]
 
 Results, the derived map (`maps/<version>.yaml`) and figures are written to the results folder
@@ -60,8 +61,20 @@ def register(subparsers) -> None:
     add_service_args(a)
     a.set_defaults(func=cmd_add_model)
 
-    c = sub.add_parser("classifier", help="classifier accuracy / macro-F1 per mode on a shared labeled set")
-    c.add_argument("--dataset", required=True, choices=["owl-bench", "it-tickets"])
+    c = sub.add_parser("classifier", help="classifier accuracy / macro-F1 per mode on a shared labeled set or on "
+                                          "your own labeled tickets (--train/--test)")
+    source = c.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=["owl-bench", "it-tickets"],
+                        help="a shared labeled set, with the settings tuned for it on its dev split")
+    source.add_argument("--train", metavar="FILE",
+                        help="your labeled tickets (JSONL, JSON, CSV or TSV; columns --text-col/--task-col/--id-col): "
+                             "the classifier's examples; evaluated with the service's classifier settings (--config)")
+    c.add_argument("--test", metavar="FILE", help="with --train: the labeled tickets to evaluate on")
+    c.add_argument("--text-col", default="text", help="with --train/--test: the column holding the ticket text")
+    c.add_argument("--task-col", default="task", help="with --train/--test: the column holding the task label")
+    c.add_argument("--id-col", default="id", help="with --train/--test: the id column (default: file-row)")
+    c.add_argument("--config", help="with --train/--test: the service config whose classifier settings are "
+                                    "evaluated (default configs/default.yaml)")
     c.add_argument("--split", default="test", choices=["test", "dev"],
                    help="test: the 20%% stratified holdout (seed 0); dev: 20%% of the train part (for tuning)")
     c.add_argument("--modes", default="retrieval,llm,llm+retrieval,cascade",
@@ -264,7 +277,7 @@ def cmd_classifier(args) -> int:
     from pydantic import ValidationError
 
     from core.paths import cache_dir
-    from leaderboard.classifier_eval import eval_config, evaluate_modes, load_eval_data
+    from leaderboard.classifier_eval import evaluate_modes
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     overrides = {k: getattr(args, k) for k in ("top_k", "head_weight", "lexical_weight", "llm_weight",
@@ -274,11 +287,10 @@ def cmd_classifier(args) -> int:
     if args.components:
         overrides["components"] = [c.strip() for c in args.components.split(",") if c.strip()]
     try:
-        data = load_eval_data(args.dataset, args.split, limit=args.limit, train_limit=args.train_limit)
-        cfg = eval_config(overrides)
+        data, cfg = _classifier_eval_inputs(args, overrides)
     except (ValueError, FileNotFoundError, ValidationError) as exc:
         raise CliError(str(exc)) from exc
-    out = Path(args.out) if args.out else cache_dir() / "classifier-eval" / f"{args.dataset}-{args.split}"
+    out = Path(args.out) if args.out else cache_dir() / "classifier-eval" / f"{data.name}-{data.split}"
     engine = None
     if not args.no_llm and any(m != "retrieval" for m in modes):
         from experts.engines.registry import build_engine
@@ -294,6 +306,24 @@ def cmd_classifier(args) -> int:
     _print_classifier(report)
     print(f"report: {out / 'classifier_eval.json'}")
     return 0
+
+
+def _classifier_eval_inputs(args, overrides: dict):
+    """(labeled data, classifier settings): a shared set with its tuned settings, or a team's own files with
+    the settings the service runs."""
+    from core.config import load_config
+    from leaderboard.classifier_eval import eval_config, load_eval_data, load_eval_files, service_config
+
+    if args.train is None:
+        if args.test is not None:
+            raise ValueError("--test goes with --train (with --dataset, use --split)")
+        return (load_eval_data(args.dataset, args.split, limit=args.limit, train_limit=args.train_limit),
+                eval_config(overrides))
+    if args.test is None:
+        raise ValueError("--train needs --test: the labeled tickets to evaluate on")
+    data = load_eval_files(args.train, args.test, text_col=args.text_col, task_col=args.task_col,
+                           id_col=args.id_col, limit=args.limit, train_limit=args.train_limit)
+    return data, service_config(load_config(args.config).classifier, overrides)
 
 
 def _print_classifier(report: dict) -> None:

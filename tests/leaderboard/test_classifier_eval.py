@@ -66,3 +66,67 @@ def test_evaluate_modes_reports_the_artefact_the_gate_and_the_llm_decided_ticket
     evaluate_modes(data, ["llm+retrieval"], cfg, embedder=emb, engine=engine2, progress=False, plots=False,
                    baseline=False)
     assert not [c for c in engine2.calls if c[0] == "label_probs"]
+
+
+def _write_labeled(tmp_path, examples):
+    import csv
+    import json
+
+    train, test = examples[::2], examples[1::2]
+    with (tmp_path / "train.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["ticket", "queue"])
+        w.writerows([(e.text, e.task) for e in train])
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"ticket": e.text, "queue": e.task}) + "\n" for e in test))
+    return tmp_path / "train.csv", tmp_path / "test.jsonl"
+
+
+def test_own_labeled_files_are_read_with_their_columns_and_unseen_test_labels_refused(tmp_path):
+    import pytest
+
+    from leaderboard.classifier_eval import load_eval_files
+    from router.importers import LabeledDataError
+    from tests.router.test_fusion import _examples
+
+    train, test = _write_labeled(tmp_path, _examples(n_per_task=6))
+    data = load_eval_files(train, test, text_col="ticket", task_col="queue")
+    assert len(data.train) == len(data.test) > 0 and data.split == "file"
+    assert [t.name for t in data.tasks] == sorted({q.task for q in data.train})
+    with (tmp_path / "test.jsonl").open("a") as fh:
+        fh.write('{"ticket": "the coffee machine is empty", "queue": "kitchen"}\n')
+    with pytest.raises(LabeledDataError, match="kitchen"):
+        load_eval_files(train, test, text_col="ticket", task_col="queue")
+    with pytest.raises(LabeledDataError, match="no column"):
+        load_eval_files(train, test)  # default columns text/task are absent
+
+
+def test_service_settings_take_overrides_into_the_classifier_and_its_cascade():
+    from core.config import load_config
+    from leaderboard.classifier_eval import service_config
+
+    base = load_config().classifier
+    cfg = service_config(base, {"top_k": 5, "min_agreement": 0.9})
+    assert cfg.top_k == 5 and cfg.cascade.min_agreement == 0.9
+    assert cfg.model == base.model and cfg.unknown_threshold == base.unknown_threshold
+
+
+def test_cli_evaluates_the_service_settings_on_own_files(tmp_path, monkeypatch, capsys):
+    import json
+
+    from cluster.cli import main
+    from core.config import load_config
+    from tests.router.test_fusion import HashEmbedder, _examples
+
+    monkeypatch.setenv("FLOWROUTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("leaderboard.classifier_eval.shared_embedder", HashEmbedder)
+    train, test = _write_labeled(tmp_path, _examples(n_per_task=10))
+    out = tmp_path / "eval"
+    rc = main(["leaderboard", "classifier", "--train", str(train), "--test", str(test), "--text-col", "ticket",
+               "--task-col", "queue", "--modes", "retrieval", "--no-llm", "--no-plots", "--quiet", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "classifier_eval.json").read_text())
+    assert report["split"] == "file" and report["n_test"] == 15 and "retrieval" in report["modes"]
+    assert report["config"] == load_config().classifier.model_dump(mode="json")  # what the service runs
+    assert "baseline" in capsys.readouterr().out.lower()
+    assert main(["leaderboard", "classifier", "--train", str(train), "--text-col", "ticket", "--task-col",
+                 "queue"]) != 0  # --train without --test
