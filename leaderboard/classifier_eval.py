@@ -290,6 +290,26 @@ def eval_config(overrides: dict | None = None, model: ModelSpec | None = None) -
                               max_llm_share=o["max_llm_share"]))
 
 
+def build_classifier(data: EvalData, cfg: ClassifierConfig, *, embedder=None, engine=None,
+                     progress: bool = True) -> TaskClassifier:
+    """The service's classifier over `data.train`: it fits or loads the artefact (and the gate) as the service
+    does. Embeddings of the train and test texts, and the LLM's answers, are cached on disk between runs."""
+    if embedder is None:
+        embedder = shared_embedder()
+    if not isinstance(embedder, CachedEmbedder):
+        embedder = CachedEmbedder(embedder, progress=progress)
+    embedder.encode([q.text for q in data.test])  # encoded once, saved with the training texts
+    index = ExampleIndex(data.train, embedder, cfg.lexical_weight)
+    embedder.save()
+    llm = None
+    if engine is not None:
+        llm = _MemoLLM(engine, cache_dir() / "classifier-eval" / f"llm-{cfg.model.fingerprint()}.json")
+    clf = TaskClassifier(cfg, data.tasks, index, llm)
+    if llm is not None:
+        llm.save()
+    return clf
+
+
 def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, embedder=None, engine=None,
                    out_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True,
                    plots: bool = True, baseline: bool = True) -> dict:
@@ -311,20 +331,9 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
         r = classification_report(gold, pred, labels)
         report["baseline"] = {"name": "TF-IDF (word 1-2 + char 2-4) + LinearSVC", "accuracy": r.accuracy,
                               "macro_f1": r.macro_f1, "seconds": time.perf_counter() - t0}
-    if embedder is None:
-        embedder = shared_embedder()
-    if not isinstance(embedder, CachedEmbedder):
-        embedder = CachedEmbedder(embedder, progress=progress)
     t0 = time.perf_counter()
-    embedder.encode([q.text for q in data.test])  # encoded once, saved with the training texts
-    index = ExampleIndex(data.train, embedder, cfg.lexical_weight)
-    embedder.save()
-    llm = None
-    if engine is not None:
-        llm = _MemoLLM(engine, cache_dir() / "classifier-eval" / f"llm-{cfg.model.fingerprint()}.json")
-    clf = TaskClassifier(cfg, data.tasks, index, llm)  # fits or loads the artefact (and the gate) as the service does
-    if llm is not None:
-        llm.save()
+    clf = build_classifier(data, cfg, embedder=embedder, engine=engine, progress=progress)
+    llm = clf.llm
     report["setup_seconds"] = time.perf_counter() - t0
     if clf.fusion is not None:
         m = clf.fusion.manifest

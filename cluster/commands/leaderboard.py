@@ -109,6 +109,19 @@ def register(subparsers) -> None:
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_classifier)
 
+    u = sub.add_parser("unknown", help="how well the classifier answers unknown: AUROC of its unknown scores on "
+                                       "tickets from another labeled set, thresholds calibrated on dev")
+    u.add_argument("--dataset", required=True, choices=["owl-bench", "it-tickets"],
+                   help="the classifier's labeled set (fitted on its train part, in-domain tickets from its splits)")
+    u.add_argument("--ood", default=None, choices=["it-tickets", "opseval", "opseval-en", "opseval-zh"],
+                   help="out-of-domain tickets (default: it-tickets for owl-bench, opseval-en for it-tickets)")
+    u.add_argument("--ood-limit", type=int, default=600, help="out-of-domain tickets, split half dev / half test")
+    u.add_argument("--limit", type=int, default=None, help="in-domain tickets per split (stratified subset)")
+    u.add_argument("--train-limit", type=int, default=None, help="training examples (stratified subset)")
+    u.add_argument("--out", help="folder for unknown_eval.json (default <cache>/classifier-eval/unknown-<dataset>)")
+    u.add_argument("--quiet", action="store_true")
+    u.set_defaults(func=cmd_unknown)
+
     s = sub.add_parser("show", help="print the score matrix, timings and the latest derived map")
     s.add_argument("--out", help="results folder of the leaderboard")
     s.add_argument("--taskset", default=DEFAULT_TASKSET, help="locates the default results folder")
@@ -305,6 +318,38 @@ def cmd_classifier(args) -> int:
         raise CliError(str(exc)) from exc
     _print_classifier(report)
     print(f"report: {out / 'classifier_eval.json'}")
+    return 0
+
+
+def cmd_unknown(args) -> int:
+    from core.paths import cache_dir
+    from leaderboard.classifier_eval import build_classifier, eval_config, load_eval_data
+    from leaderboard.unknown_eval import OOD_SOURCES, evaluate_unknown, halves, ood_texts
+
+    source = args.ood or OOD_SOURCES[args.dataset]
+    cfg = eval_config()
+    try:
+        splits = {split: load_eval_data(args.dataset, split, limit=args.limit, train_limit=args.train_limit)
+                  for split in ("dev", "test")}
+        ood_dev, ood_test = halves(ood_texts(source, args.ood_limit))
+    except (ValueError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from exc
+    print(f"{args.dataset}: in-domain dev {len(splits['dev'].test)}, test {len(splits['test'].test)}; out of domain "
+          f"({source}) dev {len(ood_dev)}, test {len(ood_test)}", flush=True)
+    clfs = {}
+    for split, data in splits.items():
+        clfs[split] = (build_classifier(data, cfg, progress=not args.quiet), data)
+    report = evaluate_unknown(clfs["dev"], clfs["test"], ood_dev, ood_test)
+    report.update(dataset=args.dataset, ood_source=source)
+    out = Path(args.out) if args.out else cache_dir() / "classifier-eval" / f"unknown-{args.dataset}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "unknown_eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    for name, r in report["scores"].items():
+        setting = ", ".join(f"{k} {v}" for k, v in r["service_setting"].items())
+        print(f"{name:<15} AUROC dev {r['auroc_dev']:.3f}  test {r['auroc_test']:.3f}   at the dev threshold "
+              f"({setting}): in-domain unknown {r['test_in_domain_unknown_rate']:.1%}, out-of-domain refused "
+              f"{r['test_ood_unknown_rate']:.1%}")
+    print(f"report: {out / 'unknown_eval.json'}")
     return 0
 
 
