@@ -160,10 +160,10 @@ def ray_endpoints() -> dict:
     """The connected Ray's GCS address and each node's Prometheus metrics port."""
     import ray
 
+    from deployments.prometheus import ray_metrics_urls
+
     try:
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        return {"ray_address": ray.get_runtime_context().gcs_address,
-                "metrics": [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in nodes]}
+        return {"ray_address": ray.get_runtime_context().gcs_address, "metrics": ray_metrics_urls()}
     except Exception as exc:  # informational only
         log.warning("could not read Ray endpoints: %s", exc)
         return {}

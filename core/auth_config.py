@@ -40,6 +40,18 @@ class ApiKeySpec(_Strict):
                                                               "applies (None: auth.default_burst).")
     created: str | None = Field(default=None, description="When the key was made (UTC, ISO 8601).")
     comment: str = Field(default="", max_length=200, description="Free text: what the key is for.")
+    webhook_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://[^\s]+$",
+                                    description="Where the finished workflow of every async ticket this key "
+                                                "submits is POSTed (overrides webhooks.url); see webhooks in the "
+                                                "config for signing and retries.")
+    webhook_format: Literal["json", "slack"] | None = Field(default=None, description="json: the full signed "
+                                                            "ticket and result; slack: a Slack-compatible "
+                                                            "{\"text\": ...} message (None: webhooks.format).")
+    webhook_secret: str | None = Field(default=None, min_length=16, max_length=512, repr=False,
+                                       description="HMAC-SHA256 signing secret of this key's webhook (None: the "
+                                                   "webhooks section's secret). Unlike API keys it is stored as "
+                                                   "written, because the receiver checks the signature with it; "
+                                                   "it is never shown by the API or logged.")
 
     @field_validator("hash")
     @classmethod
@@ -81,6 +93,12 @@ class AuthConfig(_Strict):
     public_burst: int = Field(default=200, ge=1, description="Burst of the per-address limit.")
     allow_open_on_network: bool = Field(default=False, description="Open mode is refused unless the service "
                                         "listens on loopback only, or this is true.")
+    metrics_access: Literal["loopback", "admin", "open"] = Field(default="loopback", description="Who may "
+                                        "read GET /metrics (Prometheus) in `mode: keys`. loopback: without a key "
+                                        "from a loopback client address with a loopback Host (a Prometheus on the "
+                                        "same machine), an admin key from anywhere else; admin: always an admin "
+                                        "key; open: anyone who reaches the port. With a reverse proxy on the same "
+                                        "machine every caller looks loopback: use admin there.")
 
 
 class ConsoleConfig(_Strict):

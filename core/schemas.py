@@ -2,13 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
 
 from core.workflow import Edge, Step, Workflow, to_mermaid
 
 UNKNOWN = "unknown"
+CRITICAL_LEVELS = frozenset({"critical", "p1", "sev1", "page", "emergency"})
+
+# Ticket metadata follows OpenAI's limits, so what an OpenAI client may send is exactly what a ticket keeps.
+METADATA_MAX_KEYS, METADATA_MAX_KEY_CHARS, METADATA_MAX_VALUE_CHARS = 16, 64, 512
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=METADATA_MAX_KEY_CHARS)]
+MetadataValue = Annotated[str, StringConstraints(max_length=METADATA_MAX_VALUE_CHARS)]
+
+ALERT_MAX_ENTRIES, ALERT_MAX_NAME_CHARS, ALERT_MAX_VALUE_CHARS = 64, 256, 4000
+
+
+class AlertContext(BaseModel):
+    """The monitoring alert a ticket was raised from (filled in by the Alertmanager receiver)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(default="alertmanager", max_length=100, description="System that sent the alert.")
+    fingerprint: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$",
+                             description="The alert's identity (Alertmanager: a hash of its labels).")
+    starts_at: datetime = Field(description="When the alert started firing.")
+    labels: dict[str, str] = Field(default_factory=dict, max_length=ALERT_MAX_ENTRIES,
+                                   description="The alert's labels (alertname, severity, instance...).")
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=ALERT_MAX_ENTRIES,
+                                        description="The alert's annotations (summary, description, runbook_url...).")
+    incident: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+                                 description="The incident the alert belongs to: tickets of one incident share one "
+                                             "computation and its result.")
+    group_key: str | None = Field(default=None, max_length=ALERT_MAX_VALUE_CHARS,
+                                  description="The alert group it was notified in (Alertmanager's groupKey).")
+    keys: list[str] = Field(default_factory=list, max_length=8,
+                            description="Retrieval keys (alert name, runbook file name): a runbook named exactly "
+                                        "like one is ranked first.")
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _bounded_entries(cls, v: dict[str, str]) -> dict[str, str]:
+        if any(len(k) > ALERT_MAX_NAME_CHARS or len(x) > ALERT_MAX_VALUE_CHARS for k, x in v.items()):
+            raise ValueError(f"names must be at most {ALERT_MAX_NAME_CHARS} characters, values at most "
+                             f"{ALERT_MAX_VALUE_CHARS}")
+        return v
+
+    @field_validator("keys")
+    @classmethod
+    def _short_keys(cls, v: list[str]) -> list[str]:
+        if any(not 1 <= len(x) <= ALERT_MAX_NAME_CHARS for x in v):
+            raise ValueError(f"keys must be 1 to {ALERT_MAX_NAME_CHARS} characters")
+        return v
+
+    @field_serializer("starts_at")
+    def _iso(self, v: datetime) -> str:
+        return v.isoformat()  # a plain string in every dump: the ticket store writes `model_dump()` as JSON
 
 
 class Ticket(BaseModel):
@@ -22,6 +73,19 @@ class Ticket(BaseModel):
     labels: list[str] = Field(default_factory=list, max_length=32, description="Free-form tags from the source.")
     id: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
                            description="Caller's ticket id (one is assigned when absent).")
+    user: str | None = Field(default=None, min_length=1, max_length=256,
+                             description="End user the ticket was raised for (an OpenAI client's `user`); "
+                                         "kept with the ticket.")
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=METADATA_MAX_KEYS,
+        description=f"Caller's key-value pairs kept with the ticket (OpenAI's limits: at most {METADATA_MAX_KEYS} "
+                    f"keys of up to {METADATA_MAX_KEY_CHARS} characters, values up to {METADATA_MAX_VALUE_CHARS}).")
+    severity: Literal["critical", "high", "medium", "low"] | None = Field(
+        default=None, description="How urgent the incident is; critical tickets are admitted ahead of the queue "
+                                  "and never shed while a lower severity could be (labels such as "
+                                  "severity=critical or priority=P1 count too).")
+    alert: AlertContext | None = Field(default=None, description="The monitoring alert the ticket was raised from "
+                                                                 "(its labels in full, its incident).")
 
     @field_validator("labels")
     @classmethod
@@ -39,6 +103,16 @@ class Ticket(BaseModel):
 
     def text(self) -> str:
         return f"{self.title}\n{self.description}".strip()
+
+    def is_critical(self) -> bool:
+        """Critical tickets are admitted first and shed last: `severity: critical`, a label such as
+        `severity=critical`, `priority=P1`, `critical` or `P1`, or a critical alert."""
+        if self.severity == "critical":
+            return True
+        pairs = {tuple(x.lower().split("=", 1)) if "=" in x else ("", x.lower()) for x in self.labels}
+        if self.alert is not None:
+            pairs |= {(k.lower(), v.lower()) for k, v in self.alert.labels.items()}
+        return any(k in ("", "severity", "priority") and v in CRITICAL_LEVELS for k, v in pairs)
 
 
 class Classification(BaseModel):
@@ -129,6 +203,9 @@ class PlanRequest(BaseModel):
     seed: int | None = None
     exclude_sources: list[str] = Field(default_factory=list, description="Documents retrieval must not return "
                                                                          "(held-out evaluation).")
+    keys: list[str] = Field(default_factory=list, max_length=8,
+                            description="Retrieval keys (an alert name, a runbook file name): a runbook named "
+                                        "exactly like one is ranked first.")
 
 
 class PlanCandidate(BaseModel):
@@ -159,6 +236,9 @@ class PlanResponse(BaseModel):
     knowledge: KnowledgeUse
     scoring: ScoringContext = Field(default_factory=ScoringContext)
     timings: PlanTimings
+    prompt_tokens: int = Field(default=0, ge=0, description="Tokens of the prompt the expert read (its own "
+                                                            "tokenizer: template, knowledge and ticket); 0 when "
+                                                            "the engine cannot count them.")
 
 
 class ScoreRequest(BaseModel):
@@ -190,7 +270,13 @@ class TicketResult(BaseModel):
     knowledge_version: str | None = Field(default=None, description="Knowledge-base version used.")
     timings_ms: dict[str, float]
     n_requested: int = Field(default=1, description="Candidates asked for (best-of-N).")
+    n_used: int | None = Field(default=None, description="Candidates written: fewer than asked under load "
+                                                         "(flood.adaptive_n).")
+    n_reason: str | None = Field(default=None, description="Why n_used differs from n_requested ('requested' when "
+                                                           "it does not).")
     dropped_candidates: int = Field(default=0, description="Samples that could not become a workflow.")
+    prompt_tokens: int = Field(default=0, description="Tokens of the prompt the chosen expert read (one prefill "
+                                                      "shared by all candidates).")
     shared: str | None = Field(default=None, description="null when computed for this ticket; 'coalesced' when it "
                                                      "joined an identical ticket in flight; 'cache' when a finished "
                                                      "result was reused (see shared_from).")

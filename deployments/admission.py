@@ -10,6 +10,11 @@ without getting a slot is refused with 503 and Retry-After. Refused tickets were
 need no slot (deployments/flood.py). The async worker takes slots without the queue bound: its own
 concurrency bounds it, and its tickets are already durable.
 
+Severity first: a critical ticket (severity critical, priority P1) waits ahead of every other one, and
+when the queue is full it takes the place of the newest non-critical waiter, which is refused (503,
+"shed") instead; such a waiter was never recorded, so nothing accepted is lost. A critical ticket is
+refused only when the queue is full of critical tickets.
+
 Behind this limiter, Serve's own bounds still hold (ingress `max_ongoing_requests` /
 `max_queued_requests`, answered by the proxy as 503 + Retry-After via `backpressure_config`).
 """
@@ -22,17 +27,27 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 
 class Overloaded(Exception):
     """A ticket refused before it was accepted: answer `status` with a Retry-After header."""
 
-    def __init__(self, status: int, reason: str, retry_after_s: int):
+    def __init__(self, status: int, reason: str, retry_after_s: int, kind: str | None = None):
         super().__init__(reason)
         self.status, self.reason, self.retry_after_s = status, reason, int(retry_after_s)
+        # What refused it, as counted in stats and metrics: queue_full, wait_timeout, shed, backlog_full.
+        self.kind = kind or ("queue_full" if status == 429 else "wait_timeout")
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+@dataclass(eq=False)
+class Waiter:
+    future: asyncio.Future
+    bounded: bool  # counts against max_waiting
+    critical: bool
 
 
 class AdmissionController:
@@ -42,20 +57,20 @@ class AdmissionController:
         self.default_retry_after_s = default_retry_after_s
         self.window_s, self.clock = window_s, clock
         self.inflight = 0
-        self._queue: deque[tuple[asyncio.Future, bool]] = deque()  # (future, counts against max_waiting)
+        self._queue: deque[Waiter] = deque()
         self._done: deque[float] = deque()  # completion times within the window
         self._started = clock()
-        self.rejected = {"queue_full": 0, "wait_timeout": 0}
+        self.rejected = {"queue_full": 0, "wait_timeout": 0, "shed": 0}
 
     # ---- state --------------------------------------------------------------------------------
     @property
     def waiting(self) -> int:
         """Bounded (synchronous) tickets waiting for a slot."""
-        return sum(1 for f, bounded in self._queue if bounded and not f.done())
+        return sum(1 for w in self._queue if w.bounded and not w.future.done())
 
     @property
     def waiting_all(self) -> int:
-        return sum(1 for f, _ in self._queue if not f.done())
+        return sum(1 for w in self._queue if not w.future.done())
 
     def has_room(self, k: int = 1) -> bool:
         """Whether `k` more synchronous tickets would be admitted or queued right now."""
@@ -87,33 +102,34 @@ class AdmissionController:
 
     # ---- slots ------------------------------------------------------------------------------
     @asynccontextmanager
-    async def slot(self, bounded: bool = True) -> AsyncIterator[None]:
-        """Hold one compute slot for the body; refuse with Overloaded when full (bounded callers)."""
-        await self._acquire(bounded)
+    async def slot(self, bounded: bool = True, critical: bool = False) -> AsyncIterator[None]:
+        """Hold one compute slot for the body; refuse with Overloaded when full (bounded callers).
+        A `critical` ticket waits ahead of the others and may shed a non-critical waiter."""
+        await self._acquire(bounded, critical)
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self, bounded: bool) -> None:
+    async def _acquire(self, bounded: bool, critical: bool = False) -> None:
         if self.inflight < self.max_inflight and self.waiting_all == 0:
             self.inflight += 1
             return
-        if bounded and self.waiting >= self.max_waiting:
+        if bounded and self.waiting >= self.max_waiting and not (critical and self._shed_one()):
             self.rejected["queue_full"] += 1
             raise Overloaded(429, f"over capacity: {self.inflight} tickets computing and {self.waiting} waiting "
                                   f"(limits {self.max_inflight}/{self.max_waiting}); retry later",
                              self.retry_after())
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        entry = (fut, bounded)
-        self._queue.append(entry)
+        entry = Waiter(asyncio.get_running_loop().create_future(), bounded, critical)
+        self._enqueue(entry)
+        fut = entry.future
         try:
             if bounded:
                 await asyncio.wait_for(asyncio.shield(fut), self.max_wait_s)
             else:
                 await fut
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-            if fut.done() and not fut.cancelled():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._release()  # the slot was handed over just as we gave up: pass it on
             else:
                 fut.cancel()
@@ -123,7 +139,29 @@ class AdmissionController:
                 raise Overloaded(503, f"no compute slot within {self.max_wait_s:.0f}s; retry later",
                                  self.retry_after()) from None
             raise
+        except Overloaded:
+            self._remove(entry)  # shed for a critical ticket
+            raise
         # The releasing ticket handed its slot to us: `inflight` already counts it.
+
+    def _enqueue(self, entry: Waiter) -> None:
+        """Critical waiters go behind the other critical ones, ahead of everything else."""
+        if entry.critical:
+            for i, w in enumerate(self._queue):
+                if not w.critical:
+                    self._queue.insert(i, entry)
+                    return
+        self._queue.append(entry)
+
+    def _shed_one(self) -> bool:
+        """Refuse the newest non-critical bounded waiter to make room for a critical ticket."""
+        for w in reversed(self._queue):
+            if w.bounded and not w.critical and not w.future.done():
+                w.future.set_exception(Overloaded(503, "shed to make room for a critical ticket; retry later",
+                                                  self.retry_after(), kind="shed"))
+                self.rejected["shed"] += 1
+                return True
+        return False
 
     def _remove(self, entry) -> None:
         try:
@@ -134,7 +172,7 @@ class AdmissionController:
     def _release(self) -> None:
         self._done.append(self.clock())
         while self._queue:
-            fut, _ = self._queue.popleft()
+            fut = self._queue.popleft().future
             if not fut.done():
                 fut.set_result(True)  # hand the slot over; inflight stays the same
                 return

@@ -8,7 +8,7 @@ import time
 from ray import serve
 
 from core.config import FlowRouterConfig
-from core.embeddings import shared_embedder
+from core.embeddings import get_embedder
 from core.schemas import ClassifyRequest, ClassifyResponse
 from experts.engines.registry import build_engine
 from router.classifier import TaskClassifier
@@ -20,7 +20,7 @@ class ClassifierDeployment:
     def __init__(self, config: dict):
         cfg = FlowRouterConfig.model_validate(config)
         c = cfg.classifier
-        index = ExampleIndex(load_examples(cfg.tasks.examples), shared_embedder(), c.lexical_weight)
+        index = ExampleIndex(load_examples(cfg.tasks.examples), get_embedder(c.embedder), c.lexical_weight)
         self.classifier = TaskClassifier(c, load_tasks(cfg.tasks.tasks), index, build_engine(c.model))
         self.classify.set_max_batch_size(c.model.max_batch_size)
         self.classify.set_batch_wait_timeout_s(c.model.batch_wait_timeout_s)

@@ -6,7 +6,9 @@ tickets get the same key, so while one is being computed the others wait for it 
 
 The key is a hash of:
   - the normalized ticket text (`normalize`: case, digits, hex ids, IPs, punctuation, reply prefixes
-    and whitespace do not matter; word order and words do),
+    and whitespace do not matter; word order and words do), or, for a ticket that names its incident
+    (an alert's: deployments/alertmanager.py), that incident instead: the alerts of one incident share
+    one computation however different their texts are,
   - the live map version (publishing or rolling back a map changes every key),
   - the model version (`model_version`: fingerprints of the classifier, every expert and the scorer,
     plus the planner settings; a new adapter or prompt changes every key),
@@ -67,8 +69,10 @@ def model_version(cfg: FlowRouterConfig) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def cache_key(text: str, *, map_version: str, model_version: str, n: int, expert: str | None) -> str:
-    blob = json.dumps([normalize(text), map_version, model_version, int(n), expert or ""])
+def cache_key(text: str, *, map_version: str, model_version: str, n: int, expert: str | None,
+              incident: str | None = None) -> str:
+    what = normalize(text) if incident is None else {"incident": incident}
+    blob = json.dumps([what, map_version, model_version, int(n), expert or ""])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -79,6 +83,13 @@ class ResultCache:
         self.max_entries, self.ttl_s, self.clock = max_entries, ttl_s, clock
         self._data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
         self.hits = self.misses = self.evictions = self.expirations = 0
+
+    def peek(self, key: str) -> Any | None:
+        """The live entry under `key`, if any, without counting a hit or a miss or refreshing its LRU place."""
+        item = self._data.get(key)
+        if item is None or item[0] <= self.clock():
+            return None
+        return item[1]
 
     def get(self, key: str) -> Any | None:
         item = self._data.get(key)

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from core.auth_config import ConsoleConfig
+from core.paths import cache_dir
 
 STATIC_DIR = Path(__file__).resolve().parent / "console_static"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +51,6 @@ def find_leaderboard(cfg: ConsoleConfig) -> Path | None:
     if cfg.leaderboard_dir:
         p = Path(cfg.leaderboard_dir)
         return p if p.is_dir() else None
-    from core.paths import cache_dir
-
     runs = [p.parent for p in (cache_dir() / "leaderboards").glob("*/summary.json")]
     return max(runs, key=lambda p: (p / "summary.json").stat().st_mtime) if runs else None
 
@@ -68,6 +67,14 @@ async def console_page() -> HTMLResponse:
     if not _STATE["config"].enabled:
         raise HTTPException(404, "the console is disabled (console.enabled: false)")
     return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
+
+
+@router.get("/tickets/{ticket_id}", response_class=HTMLResponse, tags=["console"],
+            summary="The console opened on one ticket (its flowchart); the link webhook messages carry")
+async def console_ticket_page(ticket_id: str) -> HTMLResponse:
+    # The same static page: app.js reads the id from the path and loads /v1/tickets/{id} with the
+    # operator's key, so nothing of the ticket is placed in this response.
+    return await console_page()
 
 
 @router.get("/console/config.json", include_in_schema=False)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from core.config import FlowRouterConfig
 from core.schemas import Ticket, TicketResult
 from core.task_map import TaskMap
+from deployments.adaptive import AdaptiveN, Load, NChoice
 from deployments.admission import AdmissionController, Overloaded
 from deployments.async_worker import DurableWorker
 from deployments.coalesce import Flight, ResultCache, SingleFlight, cache_key, model_version
@@ -82,29 +83,58 @@ class FloodGate:
         self.worker = DurableWorker(store, self._run_queued, concurrency=f.async_workers,
                                     poll_interval_s=f.poll_interval_s, heartbeat_s=f.heartbeat_s,
                                     stale_after_s=f.stale_after_s)
+        self.on_finished: Callable[[dict], None] | None = None
+        self.adaptive = AdaptiveN(f.adaptive_n)
 
     # ---- keys ----------------------------------------------------------------------------------
     def key(self, ticket: Ticket, n: int, expert: str | None, map_version: str) -> str:
+        incident = ticket.alert.incident if ticket.alert is not None else None
         return cache_key(ticket.text(), map_version=map_version, model_version=self.model_version, n=n,
-                         expert=expert)
+                         expert=expert, incident=incident)
 
     # ---- the shared core -----------------------------------------------------------------------
     async def _share_or_compute(self, ticket: Ticket, n: int, expert: str | None, task_map: TaskMap,
                                 use_cache: bool, bounded: bool,
                                 on_admitted: Callable[[], None]) -> TicketResult:
         t0 = time.perf_counter()
-        key = self.key(ticket, n, expert, task_map.version) if (use_cache and self.cfg.cache) else None
+        choice = self.adaptive.choose(n, self.load())
+        cached = use_cache and self.cfg.cache
+        key = self.key(ticket, choice.n, expert, task_map.version) if cached else None
         if key is not None:
-            hit = self.cache.get(key)
+            hit = self._cached(ticket, n, choice, expert, task_map.version) or self.cache.get(key)
             if hit is not None:
                 on_admitted()
-                return self._shared(hit, ticket.id, "cache", t0)
+                return self._with_n(self._shared(hit, ticket.id, "cache", t0), n, choice)
             flight = self.flights.get(key)
             if flight is not None:
-                return await self._follow(flight, ticket, on_admitted, "coalesced", t0)
-        flight = self.flights.start(key, ticket.id or "", lambda fl: self._lead(fl, key, ticket, n, expert,
+                return self._with_n(await self._follow(flight, ticket, on_admitted, "coalesced", t0), n, choice)
+        flight = self.flights.start(key, ticket.id or "", lambda fl: self._lead(fl, key, ticket, choice.n, expert,
                                                                                 task_map, bounded))
-        return await self._follow(flight, ticket, on_admitted, None, t0)
+        return self._with_n(await self._follow(flight, ticket, on_admitted, None, t0), n, choice)
+
+    @staticmethod
+    def _with_n(result: TicketResult, requested: int, choice: NChoice) -> TicketResult:
+        """This ticket's N: what it asked for, what the (possibly shared) workflow was written with, and why."""
+        used = result.n_used or choice.n
+        reason = choice.reason if (used != requested or choice.reuse_any_n) else "requested"
+        return result.model_copy(update={"n_requested": requested, "n_used": used, "n_reason": reason})
+
+    def load(self) -> Load:
+        """The work ahead of a new ticket on this replica (adaptive best-of-N)."""
+        queued = self.store.counts().get("queued", 0) if self.adaptive.cfg.enabled else 0
+        return Load(inflight=self.admission.inflight, waiting=self.admission.waiting_all, queued_async=queued,
+                    slots=self.admission.max_inflight)
+
+    def _cached(self, ticket: Ticket, n: int, choice: NChoice, expert: str | None,
+                map_version: str) -> TicketResult | None:
+        """Under the heaviest load, a finished workflow of the same incident written with any N."""
+        if not choice.reuse_any_n:
+            return None
+        for other in sorted({n, self.default_n, *range(1, 17)} - {choice.n}, reverse=True):
+            hit = self.cache.peek(self.key(ticket, other, expert, map_version))
+            if hit is not None:
+                return hit
+        return None
 
     async def _follow(self, flight: Flight, ticket: Ticket, on_admitted, shared: str | None,
                       t0: float) -> TicketResult:
@@ -123,10 +153,11 @@ class FloodGate:
                     task_map: TaskMap, bounded: bool) -> TicketResult:
         self._gauge()
         try:
-            async with self.admission.slot(bounded=bounded):
+            async with self.admission.slot(bounded=bounded, critical=ticket.is_critical()):
                 flight.admitted.set()
                 self._gauge()
                 result = await self._compute_with_retry(ticket, n, expert, task_map)
+                result = result.model_copy(update={"n_used": n})  # shared copies say what it was written with
         finally:
             self._gauge()
         if key is not None:
@@ -160,7 +191,7 @@ class FloodGate:
 
     # ---- synchronous tickets ---------------------------------------------------------------------
     async def solve_sync(self, ticket: Ticket, n: int | None, expert: str | None, use_cache: bool = True,
-                         bounded: bool = True) -> TicketResult:
+                         bounded: bool = True, principal: str | None = None) -> TicketResult:
         """Answer now; raises Overloaded (refused, not recorded), AlreadySubmitted, Deferred, or the
         computation's own error (recorded as failed)."""
         self.worker.ensure_started()
@@ -172,7 +203,8 @@ class FloodGate:
 
         def admitted() -> None:
             nonlocal accepted
-            if not self.store.accept(tid, ticket.model_dump(), {"n": n, "expert": expert, "cache": use_cache}):
+            if not self.store.accept(tid, ticket.model_dump(), {"n": n, "expert": expert, "cache": use_cache},
+                                     principal=principal):
                 raise AlreadySubmitted(tid)
             self.store.start(tid)
             self.worker.track(tid)
@@ -182,7 +214,7 @@ class FloodGate:
             result = await self._share_or_compute(ticket, n, expert, await self.current_map(), use_cache,
                                                   bounded, admitted)
         except Overloaded as exc:
-            self.metrics.observe_reject(exc.status, "queue_full" if exc.status == 429 else "wait_timeout")
+            self.metrics.observe_reject(exc.status, exc.kind)
             raise
         except asyncio.CancelledError:
             if accepted:  # the client went away: the worker finishes the ticket (usually from the cache)
@@ -206,23 +238,29 @@ class FloodGate:
             self.worker.untrack(tid)
         self.store.complete(tid, result.model_dump(mode="json"))
         self.metrics.observe_ticket((time.perf_counter() - t0) * 1000, ok=True, shared=result.shared,
-                                    task=result.task, stages=result.timings_ms)
+                                    task=result.task, expert=result.expert, stages=result.timings_ms)
         return result
 
     # ---- async tickets ---------------------------------------------------------------------------
-    def submit_async(self, ticket: Ticket, n: int | None, expert: str | None, use_cache: bool = True) -> dict:
-        """Record the ticket as queued (durable) and wake the worker; 429 past the backlog bound."""
+    def submit_async(self, ticket: Ticket, n: int | None, expert: str | None, use_cache: bool = True,
+                     principal: str | None = None, webhook: dict | None = None) -> dict:
+        """Record the ticket as queued (durable) and wake the worker; 429 past the backlog bound.
+        `webhook` (where its result goes, deployments/webhooks.py) is recorded with the ticket, in the same
+        write, so an accepted ticket's delivery cannot be lost. A critical ticket (`Ticket.is_critical`) is
+        never shed for the backlog: under an alert storm the lower severities are refused first."""
         self.worker.ensure_started()
+        critical = ticket.is_critical()
         backlog = self.store.backlog()
-        if backlog >= self.cfg.max_async_backlog:
+        if backlog >= self.cfg.max_async_backlog and not critical:
             rate = max(self.admission.throughput(), 1e-3)
             retry = int(min(300, max(1, (backlog - self.cfg.max_async_backlog + 1) / rate)))
             self.metrics.observe_reject(429, "backlog_full")
             raise Overloaded(429, f"async backlog full ({backlog} tickets queued or running, limit "
                                   f"{self.cfg.max_async_backlog}); retry later", retry)
         n = n or self.default_n
-        if not self.store.accept(ticket.id, ticket.model_dump(), {"n": n, "expert": expert, "cache": use_cache},
-                                 mode="async"):
+        params = {"n": n, "expert": expert, "cache": use_cache, **({"webhook": webhook} if webhook else {}),
+                  **({"critical": True} if critical else {})}
+        if not self.store.accept(ticket.id, ticket.model_dump(), params, mode="async", principal=principal):
             raise AlreadySubmitted(ticket.id)
         self.worker.kick()
         return {"ticket_id": ticket.id, "status": "queued", "status_url": f"/v1/tickets/{ticket.id}"}
@@ -244,10 +282,21 @@ class FloodGate:
                 self.worker.kick()
             else:
                 self.metrics.observe_ticket((time.perf_counter() - t0) * 1000, ok=False, mode="async")
+                self._finished(row)
             return
         self.store.complete(tid, result.model_dump(mode="json"))
         self.metrics.observe_ticket((time.perf_counter() - t0) * 1000, ok=True, shared=result.shared,
-                                    task=result.task, stages=result.timings_ms, mode="async")
+                                    task=result.task, expert=result.expert, stages=result.timings_ms,
+                                    mode="async")
+        self._finished(row)
+
+    def _finished(self, row: dict) -> None:
+        """Tell `on_finished` (the webhook deliveries) that a queued ticket is done or failed for good."""
+        if self.on_finished is not None:
+            try:
+                self.on_finished(row)
+            except Exception:  # a delivery problem must not undo the recorded outcome
+                log.exception("ticket %s: on_finished failed", row["id"])
 
     # ---- observability ---------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -36,18 +36,20 @@ from core.schemas import (
     WorkflowOut,
 )
 from core.task_map import MapError, TaskMap
-from deployments import auth, console
+from deployments import auth, console, openai_api
 from deployments.admission import Overloaded
+from deployments.alertmanager import AlertmanagerPayload, AlertmanagerReceipt, AlertReceiver, ticket_fields
 from deployments.flood import AlreadySubmitted, Deferred, FloodGate
 from deployments.map_registry import get_registry
+from deployments.prometheus import PrometheusExporter
 from deployments.ticket_store import DONE, TicketStore
+from deployments.webhooks import WebhookManager
 from experts.scorer import best_index
 from router.examples import load_tasks
 from router.routing import get_router
 
 log = logging.getLogger("flowrouter.ingress")
 
-AUTO_MODEL = "flowrouter"
 MAP_REFRESH_S = 1.0
 MAX_BODY_BYTES = 2_000_000
 
@@ -67,22 +69,6 @@ class BatchRequest(BaseModel):
 
 class BatchResult(BaseModel):
     results: list[TicketResult]
-
-
-class ChatMessage(BaseModel):
-    role: str = Field(pattern="^(system|user|assistant|tool|developer)$")
-    content: str | None = Field(default=None, max_length=20000)
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(strict=True)  # no bool-as-int coercion (`"n": true`), as the schema says
-    model: str = Field(default=AUTO_MODEL, max_length=100,
-                       description="'flowrouter' routes automatically; an expert's name forces that expert.")
-    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
-    n: int | None = Field(default=None, ge=1, le=16, description="Candidates to write (best-of-N).")
-    temperature: float | None = Field(default=None, description="Accepted for compatibility; ignored.")
-    max_tokens: int | None = Field(default=None, description="Accepted for compatibility; ignored.")
-    stream: bool = Field(default=False, description="Streaming is not supported.")
 
 
 class Feedback(BaseModel):
@@ -115,6 +101,8 @@ class _Accepted(Exception):
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError):
+    if openai_api.handles(request.url.path):
+        return openai_api.validation_error(exc)  # OpenAI clients read {"error": {...}}
     # Keep pydantic's field-by-field reasons; never echo the (possibly huge, untrusted) input back.
     errors = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
               for e in exc.errors()]
@@ -163,6 +151,14 @@ class Ingress:
         # Ticket floods: cache + single flight, admission control, durable async worker (deployments/flood.py).
         self.flood = FloodGate(self.cfg, self.store, self._compute, self.current_map)
         self.flood.worker.ensure_started()
+        # GET /metrics: every node's Ray metrics agent plus the store, service-wide (deployments/prometheus.py).
+        self.prometheus = PrometheusExporter(self.store.counts)
+        # Results out: finished async tickets POSTed to webhooks, signed and retried (deployments/webhooks.py).
+        self.webhooks = WebhookManager(self.cfg.webhooks, self.store, self.cfg.serve.base_url())
+        self.flood.on_finished = self.webhooks.ticket_finished
+        self.webhooks.ensure_started()
+        # Alertmanager's webhook: firing alerts in as async tickets, resolved ones closing them.
+        self.alerts = AlertReceiver(self.flood, self.store, self.cfg.serve.max_ticket_chars)
 
     # ---- live map --------------------------------------------------------------------------
     async def current_map(self) -> TaskMap:
@@ -191,7 +187,8 @@ class Ingress:
         t1 = time.perf_counter()
         timings["classify"] = (t1 - t0) * 1000
         chosen = expert or self.router.route(cls.task, task_map)
-        plan: PlanResponse = await self.planners[chosen].plan.remote(PlanRequest(ticket=text, n=n))
+        plan: PlanResponse = await self.planners[chosen].plan.remote(PlanRequest(
+            ticket=text, n=n, keys=ticket.alert.keys if ticket.alert is not None else []))
         t2 = time.perf_counter()
         timings["plan"] = (t2 - t1) * 1000
         timings["retrieve"] = plan.timings.retrieval_ms
@@ -228,6 +225,7 @@ class Ingress:
             timings_ms={k: round(v, 1) for k, v in timings.items()},
             n_requested=n,
             dropped_candidates=plan.dropped,
+            prompt_tokens=plan.prompt_tokens,
         )
 
     def precheck(self, ticket: Ticket, expert: str | None) -> None:
@@ -257,7 +255,8 @@ class Ingress:
         """Admit (or refuse with Retry-After), record durably, solve or share, record the outcome."""
         ticket = self._checked_ticket(ticket, expert)
         try:
-            return await self.flood.solve_sync(ticket, n, expert, use_cache=cache, bounded=bounded)
+            return await self.flood.solve_sync(ticket, n, expert, use_cache=cache, bounded=bounded,
+                                               principal=auth.current_principal_id())
         except Overloaded as exc:
             raise HTTPException(exc.status, detail=exc.reason, headers=exc.headers()) from None
         except AlreadySubmitted:
@@ -284,13 +283,30 @@ class Ingress:
 
     def _submit_async(self, ticket: Ticket, n: int | None, expert: str | None, cache: bool) -> JSONResponse:
         ticket = self._checked_ticket(ticket, expert)
+        principal = auth.current_principal_id()
         try:
-            body = self.flood.submit_async(ticket, n, expert, use_cache=cache)
+            body = self.flood.submit_async(ticket, n, expert, use_cache=cache, principal=principal,
+                                           webhook=self.webhooks.target_for(principal))
         except Overloaded as exc:
             raise HTTPException(exc.status, detail=exc.reason, headers=exc.headers()) from None
         except AlreadySubmitted:
             raise HTTPException(409, f"ticket id {ticket.id!r} was already submitted") from None
         return JSONResponse(status_code=202, content=body, headers={"Location": body["status_url"]})
+
+    @app.post("/v1/alerts/alertmanager", response_model=AlertmanagerReceipt,
+              summary="Alertmanager webhook: a ticket per firing alert, resolved alerts close theirs",
+              description="Idempotent per alert firing, one computation per incident (alert group and name); "
+                          "503 + Retry-After when the backlog refused some (Alertmanager retries). "
+                          "Details: deployments/alertmanager.py.")
+    async def post_alertmanager(self, payload: AlertmanagerPayload,
+                                candidates: int | None = Query(default=None, ge=1, le=16,
+                                                               description="N (best-of-N) of the tickets"),
+                                on_resolved: str = Query(default="cancel", pattern="^(cancel|annotate)$",
+                                                         description="cancel: a still queued ticket whose alert "
+                                                                     "resolved is not computed; annotate: it is")):
+        principal = auth.current_principal_id()
+        return self.alerts.receive(payload, candidates, on_resolved, principal=principal,
+                                   webhook=self.webhooks.target_for(principal))
 
     @app.get("/v1/stats", summary="Flood dashboard numbers of this ingress replica (JSON)")
     async def stats(self) -> dict[str, Any]:
@@ -312,12 +328,16 @@ class Ingress:
                        "retry_after_s", "rejected", "flights", "async_queued", "async_running", "worker"},
              "cache": {"entries", "max_entries", "ttl_s", "hits", "misses", "evictions", "expirations",
                        "enabled", "model_version"},
-             "store": {"queued"|"running"|"done"|"failed": int}}
+             "store": {"queued"|"running"|"done"|"failed": int},
+             "webhooks": {"enabled", "delivered", "retrying", "pending", "failed", "attempts", "retries",
+                          "last_error": {"ticket_id", "receiver", "error", "http_status", "at", ...} | null,
+                          "replica": {"ok", "retried", "failed", "sending", "running"}}}  # counts: shared store
         """
-        return self.flood.stats()
+        return {**self.flood.stats(), "webhooks": self.webhooks.stats()}
 
     async def check_health(self) -> None:
         self.flood.worker.ensure_started()  # (re)start the durable worker if its loop is not running
+        self.webhooks.ensure_started()  # and the webhook sender (deliveries left pending by a restart)
 
     @app.post("/v1/tickets/batch", response_model=BatchResult, summary="Solve several tickets")
     async def post_batch(self, body: BatchRequest,
@@ -340,7 +360,7 @@ class Ingress:
         if row is None:
             raise HTTPException(404, f"no ticket {ticket_id!r}")
         return {"ticket_id": row["id"], "status": row["status"], "result": row.get("result"),
-                "error": row.get("error"), "attempts": row["attempts"]}
+                "error": row.get("error"), "attempts": row["attempts"], **ticket_fields(row)}
 
     @app.post("/v1/tickets/{ticket_id}/feedback", status_code=201,
               summary="An operator accepts or rejects a returned workflow (training data)")
@@ -388,42 +408,59 @@ class Ingress:
         self._checked = 0.0
         return {"restored": restored["version"], "map": restored}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(self):
+        """Prometheus text exposition of the whole service (access: auth.metrics_access)."""
+        return await self.prometheus.response()
+
     @app.get("/healthz", summary="Liveness and what is deployed")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "map_version": (await self.current_map()).version, "experts": self.experts,
                 "tasks": self.tasks}
 
-    @app.get("/v1/models", summary="OpenAI-compatible model list")
-    async def models(self) -> dict[str, Any]:
-        names = [AUTO_MODEL, *self.experts]
-        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "flowrouter"} for n in names]}
+    @app.get("/v1/models", summary="OpenAI-compatible model list: the auto model and every expert",
+             response_model=openai_api.ModelList)
+    async def models(self) -> openai_api.ModelList:
+        return openai_api.model_list(self.cfg, self.experts, await self.current_map(), self.tasks)
 
-    @app.post("/v1/chat/completions", summary="OpenAI-compatible: the last user message is the ticket")
-    async def chat(self, body: ChatRequest) -> dict[str, Any]:
-        if body.stream:
-            raise HTTPException(400, "stream=true is not supported")
-        if body.model != AUTO_MODEL and body.model not in self.planners:
-            raise HTTPException(404, f"model {body.model!r} not found; use {AUTO_MODEL!r} or one of "
-                                     f"{sorted(self.planners)}")
-        users = [m.content for m in body.messages if m.role == "user" and m.content and m.content.strip()]
-        if not users:
-            raise HTTPException(422, "messages must include a non-empty user message (the ticket)")
-        text = users[-1].strip()
-        title, _, description = text.partition("\n")
+    @app.get("/v1/models/{model_id}", summary="OpenAI-compatible: one model of the list",
+             response_model=openai_api.ModelCard,
+             responses={404: {"model": openai_api.OpenAIErrorResponse,
+                              "description": "Unknown model (code model_not_found)."}})
+    async def model(self, model_id: str):
+        listing = openai_api.model_list(self.cfg, self.experts, await self.current_map(), self.tasks)
+        for card in listing.data:
+            if card.id == model_id:
+                return card
+        return openai_api.model_not_found(model_id, list(self.planners)).response()
+
+    @app.post("/v1/chat/completions", summary="OpenAI-compatible: the last user message is the ticket",
+              description="Behaviour of each parameter, streaming and errors: deployments/openai_api.py.",
+              response_model=None, responses=openai_api.CHAT_RESPONSES)
+    async def chat(self, body: openai_api.ChatRequest):
         try:
-            ticket = Ticket(title=title[:500], description=(title[500:] + "\n" + description).strip())
-        except ValueError as exc:
-            raise HTTPException(422, f"invalid ticket: {exc}") from None
-        result = await self._solve_http(ticket, body.n, None if body.model == AUTO_MODEL else body.model)
-        content = f"```mermaid\n{result.workflow.mermaid}\n```"
-        return {
-            "id": f"chatcmpl-{result.ticket_id}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": result.expert,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": sum(c.raw_tokens for c in result.candidates),
-                      "total_tokens": sum(c.raw_tokens for c in result.candidates)},
-            "flowrouter": result.model_dump(),
-        }
+            expert = openai_api.check_request(body, self.cfg, list(self.planners))
+            ticket = openai_api.ticket_of(body, uuid.uuid4().hex)
+            try:
+                self.precheck(ticket, expert)
+            except TicketFailed as exc:
+                raise openai_api.OpenAIError(exc.status, exc.reason) from None
+
+            async def solve() -> TicketResult:
+                try:
+                    return await self._solve_http(ticket, body.n, expert)
+                except _Accepted as exc:
+                    if not body.stream:
+                        raise  # 202 with the status URL, as for /v1/tickets
+                    raise openai_api.deferred(exc.ticket_id, exc.reason) from None
+                except HTTPException as exc:
+                    raise openai_api.OpenAIError.of_http(exc) from None
+
+            if not body.stream:
+                return openai_api.completion(await solve(), body.n)
+            openai_api.check_room(self.flood)
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            return openai_api.streaming_response(openai_api.ChunkBuilder(ticket.id, body.model, usage), solve(),
+                                                 body.n)
+        except openai_api.OpenAIError as exc:
+            return exc.response()

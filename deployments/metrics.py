@@ -1,14 +1,19 @@
 """FlowRouter's own metrics: Prometheus (through Ray) and the rolling window behind GET /v1/stats.
 
-Prometheus series (exported by each Ray node's metrics agent next to Ray Serve's own `ray_serve_*`
-series; Ray prefixes custom metrics with `ray_`, and Serve adds deployment/replica/application tags):
+Every exported series is defined once below (`Series`): the ingress replicas create the first six
+with Ray (each node's metrics agent exports them with a `ray_` prefix, next to Ray Serve's own
+`ray_serve_*`, and Serve adds deployment/replica/application tags); `GET /metrics`
+(deployments/prometheus.py) gathers them from every node as `flowrouter_*` and adds the last two;
+the Grafana dashboard's test checks its queries against `exported_names()`.
 
-  flowrouter_tickets_total{outcome, shared, task, mode}   finished tickets (outcome: done|failed)
+  flowrouter_tickets_total{outcome, shared, task, expert, mode}  finished tickets (outcome: done|failed)
   flowrouter_ticket_latency_ms{shared, mode}              end-to-end latency inside the ingress
   flowrouter_stage_latency_ms{stage}                      classify, plan, retrieve, score, compute, total
   flowrouter_rejects_total{status, reason}                429/503 refusals (never recorded as accepted)
   flowrouter_retries_total{reason}                        re-runs after a replica crash / stale ticket
   flowrouter_queue_depth{queue}                           inflight, waiting, async_queued, async_running
+  flowrouter_store_tickets{status}                        the durable store: queued, running, done, failed
+  flowrouter_scrape_nodes{state}                          Ray nodes /metrics read (ok) or could not (failed)
 
 Unknown rate = tickets_total{task="unknown"} / tickets_total; coalesced/cached share = by `shared`.
 Metrics fail soft: outside a Ray worker (unit tests) the Prometheus side is a no-op.
@@ -29,6 +34,51 @@ LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 
 STAGES = ("classify", "plan", "retrieve", "score", "compute", "total")
 
 
+@dataclass(frozen=True)
+class Series:
+    """One Prometheus family as `GET /metrics` exports it (a counter's name ends in `_total`)."""
+
+    name: str
+    kind: str  # counter | histogram | gauge
+    help: str
+    labels: tuple[str, ...] = ()
+    boundaries: tuple[float, ...] = ()
+
+    @property
+    def family(self) -> str:
+        """The family name in prometheus_client's parser and exposition (a counter's without `_total`)."""
+        return self.name.removesuffix("_total") if self.kind == "counter" else self.name
+
+    def sample_names(self) -> tuple[str, ...]:
+        if self.kind == "histogram":
+            return tuple(self.name + suffix for suffix in ("_bucket", "_count", "_sum"))
+        return (self.name,)
+
+
+TICKETS = Series("flowrouter_tickets_total", "counter", "Finished tickets.",
+                 ("outcome", "shared", "task", "expert", "mode"))
+TICKET_LATENCY = Series("flowrouter_ticket_latency_ms", "histogram", "Ticket latency in the ingress.",
+                        ("shared", "mode"), tuple(LATENCY_BOUNDARIES_MS))
+STAGE_LATENCY = Series("flowrouter_stage_latency_ms", "histogram", "Per-stage latency of computed tickets.",
+                       ("stage",), tuple(LATENCY_BOUNDARIES_MS))
+REJECTS = Series("flowrouter_rejects_total", "counter", "Refused tickets (429/503).", ("status", "reason"))
+RETRIES = Series("flowrouter_retries_total", "counter", "Ticket re-runs after a failure.", ("reason",))
+QUEUE_DEPTH = Series("flowrouter_queue_depth", "gauge", "Tickets per queue.", ("queue",))
+# Reported through Ray by the ingress replicas.
+RAY_SERIES = (TICKETS, TICKET_LATENCY, STAGE_LATENCY, REJECTS, RETRIES, QUEUE_DEPTH)
+# Computed by GET /metrics itself when it answers.
+STORE_TICKETS = Series("flowrouter_store_tickets", "gauge", "Tickets in the durable ticket store by status.",
+                       ("status",))
+SCRAPE_NODES = Series("flowrouter_scrape_nodes", "gauge", "Ray nodes whose metrics agent this scrape read "
+                      "(ok) or could not reach (failed).", ("state",))
+EXPORTED = (*RAY_SERIES, STORE_TICKETS, SCRAPE_NODES)
+
+
+def exported_names() -> set[str]:
+    """Every sample name `GET /metrics` can answer with."""
+    return {name for series in EXPORTED for name in series.sample_names()}
+
+
 class _Null:
     def inc(self, *a, **k):
         pass
@@ -38,6 +88,15 @@ class _Null:
 
     def set(self, *a, **k):
         pass
+
+
+def _ray_metric(m, series: Series):
+    if series.kind == "counter":
+        return m.Counter(series.name, description=series.help, tag_keys=series.labels)
+    if series.kind == "histogram":
+        return m.Histogram(series.name, description=series.help, boundaries=list(series.boundaries),
+                           tag_keys=series.labels)
+    return m.Gauge(series.name, description=series.help, tag_keys=series.labels)
 
 
 class _Prometheus:
@@ -50,17 +109,8 @@ class _Prometheus:
                 return
             from ray.serve import metrics as m
 
-            self.tickets = m.Counter("flowrouter_tickets_total", description="Finished tickets.",
-                                     tag_keys=("outcome", "shared", "task", "mode"))
-            self.latency = m.Histogram("flowrouter_ticket_latency_ms", description="Ticket latency in the ingress.",
-                                       boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("shared", "mode"))
-            self.stage = m.Histogram("flowrouter_stage_latency_ms", description="Per-stage latency of computed "
-                                     "tickets.", boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("stage",))
-            self.rejects = m.Counter("flowrouter_rejects_total", description="Refused tickets (429/503).",
-                                     tag_keys=("status", "reason"))
-            self.retries = m.Counter("flowrouter_retries_total", description="Ticket re-runs after a failure.",
-                                     tag_keys=("reason",))
-            self.queue = m.Gauge("flowrouter_queue_depth", description="Tickets per queue.", tag_keys=("queue",))
+            (self.tickets, self.latency, self.stage, self.rejects, self.retries,
+             self.queue) = (_ray_metric(m, s) for s in RAY_SERIES)
         except Exception as exc:  # metrics must never take the request path down
             log.warning("Prometheus metrics disabled: %s", exc)
 
@@ -108,7 +158,7 @@ class FloodMetrics:
         self.prom = _Prometheus()
 
     def observe_ticket(self, latency_ms: float, *, ok: bool, shared: str | None = None, task: str | None = None,
-                       stages: dict | None = None, mode: str = "sync") -> None:
+                       stages: dict | None = None, mode: str = "sync", expert: str | None = None) -> None:
         outcome = "done" if ok else "failed"
         stages = dict(stages or {})
         self.events.append(_Event(self.clock(), latency_ms, outcome, shared, task, stages))
@@ -118,7 +168,7 @@ class FloodMetrics:
         if task == "unknown":
             self.totals["unknown"] += 1
         self.prom.tickets.inc(tags={"outcome": outcome, "shared": shared or "none", "task": task or "none",
-                                    "mode": mode})
+                                    "expert": expert or "none", "mode": mode})
         self.prom.latency.observe(latency_ms, tags={"shared": shared or "none", "mode": mode})
         if ok and not shared:
             for stage in STAGES:

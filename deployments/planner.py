@@ -12,6 +12,7 @@ from ray import serve
 from core.config import ModelSpec, PlannerConfig
 from core.schemas import PlanRequest, PlanResponse, PlanTimings
 from experts.engines.registry import build_engine
+from experts.knowledge.retrieve import KnowledgeBase
 from experts.planner import Planner
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,6 @@ log = logging.getLogger(__name__)
 def open_knowledge(directory: str | None):
     if not directory or not Path(directory).exists():
         return None
-    from experts.knowledge.retrieve import KnowledgeBase
-
     return KnowledgeBase.open(directory)
 
 
@@ -47,13 +46,13 @@ class PlannerDeployment:
         if self.kb is not None and self.kb.reload_if_changed():
             log.info("knowledge base now at version %s", self.kb.version)
         t0 = time.perf_counter()
-        contexts = [self.planner.context_for(r.ticket, tuple(r.exclude_sources)) for r in requests]
+        contexts = [self.planner.context_for(r.ticket, tuple(r.exclude_sources), tuple(r.keys)) for r in requests]
         t1 = time.perf_counter()
         plans = self.planner.plan(requests, contexts=contexts)
         timings = PlanTimings(retrieval_ms=(t1 - t0) * 1000, generation_ms=(time.perf_counter() - t1) * 1000,
                               batch_size=len(requests))
         return [PlanResponse(candidates=p.candidates, dropped=p.dropped, knowledge=p.knowledge,
-                             scoring=p.scoring, timings=timings) for p in plans]
+                             scoring=p.scoring, timings=timings, prompt_tokens=p.prompt_tokens) for p in plans]
 
     def info(self) -> dict:
         return {"expert": self.spec.name, "fingerprint": self.spec.fingerprint(),

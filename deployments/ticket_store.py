@@ -3,6 +3,8 @@
 A ticket is written before any model runs, so an accepted ticket survives a replica crash or a
 restart: anything still `queued` or `running` is found by `pending()` and retried. Feedback
 (accept / reject of a returned workflow) is kept beside the result it judges; training reads it.
+Annotations (a JSON object per ticket) record what happened to a ticket beside its outcome, such as
+its alert resolving (`resolve`); a queued ticket made pointless that way may end `cancelled`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import threading
 import time
 from pathlib import Path
 
+from deployments.sqlite_wal import connect_wal
+
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+CANCELLED = "cancelled"  # never run: its alert resolved while it waited in the queue (`resolve`)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tickets (
@@ -26,7 +31,9 @@ CREATE TABLE IF NOT EXISTS tickets (
     params TEXT NOT NULL,
     result TEXT,
     error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    principal TEXT,
+    annotations TEXT
 );
 CREATE INDEX IF NOT EXISTS tickets_status ON tickets(status, updated);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -49,25 +56,35 @@ class TicketStore:
         self._local = threading.local()
         with self._conn() as c:
             c.executescript(_SCHEMA)
+            columns = {r["name"] for r in c.execute("PRAGMA table_info(tickets)")}
+            if "principal" not in columns:  # a store written before tickets recorded their submitter
+                try:
+                    c.execute("ALTER TABLE tickets ADD COLUMN principal TEXT")
+                except sqlite3.OperationalError:  # another replica added it first
+                    pass
+            if "annotations" not in columns:  # a store written before tickets were annotated (null: none)
+                try:
+                    c.execute("ALTER TABLE tickets ADD COLUMN annotations TEXT")
+                except sqlite3.OperationalError:
+                    pass
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
+            conn = self._local.conn = connect_wal(self.path)
         return conn
 
     # ---- tickets ---------------------------------------------------------------------------
-    def accept(self, ticket_id: str, request: dict, params: dict, mode: str = "sync") -> bool:
-        """Record a ticket before work starts; False if the id is already known."""
+    def accept(self, ticket_id: str, request: dict, params: dict, mode: str = "sync",
+               principal: str | None = None) -> bool:
+        """Record a ticket before work starts; False if the id is already known. `principal`: the API key
+        id that submitted it."""
         now = time.time()
         try:
             self._conn().execute(
-                "INSERT INTO tickets (id, received, updated, status, mode, request, params) VALUES (?,?,?,?,?,?,?)",
-                (ticket_id, now, now, QUEUED, mode, json.dumps(request), json.dumps(params)))
+                "INSERT INTO tickets (id, received, updated, status, mode, request, params, principal) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (ticket_id, now, now, QUEUED, mode, json.dumps(request), json.dumps(params), principal))
             return True
         except sqlite3.IntegrityError:
             return False
@@ -96,7 +113,8 @@ class TicketStore:
         return [_row(r) for r in rows]
 
     def claim(self, limit: int, stale_after_s: float) -> list[dict]:
-        """Atomically take up to `limit` tickets to run (status -> running, attempts + 1), oldest first:
+        """Atomically take up to `limit` tickets to run (status -> running, attempts + 1), critical ones
+        first (params `critical`), then oldest first:
         queued async tickets, tickets put back for a retry (attempts > 0), and running tickets whose
         worker stopped marking them alive (`touch`) `stale_after_s` ago. A synchronous ticket that was
         just accepted (attempts 0) is left to the request that holds it. Safe across processes."""
@@ -108,7 +126,8 @@ class TicketStore:
         try:
             rows = conn.execute(
                 "SELECT * FROM tickets WHERE (status=? AND (mode='async' OR attempts>0)) "
-                "OR (status=? AND updated < ?) ORDER BY received LIMIT ?",
+                "OR (status=? AND updated < ?) "
+                "ORDER BY coalesce(json_extract(params, '$.critical'), 0) DESC, received LIMIT ?",
                 (QUEUED, RUNNING, now - stale_after_s, limit)).fetchall()
             conn.executemany("UPDATE tickets SET status=?, updated=?, attempts=attempts+1 WHERE id=?",
                              [(RUNNING, now, r["id"]) for r in rows])
@@ -135,6 +154,33 @@ class TicketStore:
         """Tickets accepted and not finished (queued or running), from the status index."""
         row = self._conn().execute("SELECT COUNT(*) FROM tickets WHERE status IN (?, ?)", (QUEUED, RUNNING)).fetchone()
         return int(row[0])
+
+    def resolve(self, ticket_id: str, resolved_at: float, cancel_queued: bool = False,
+                reason: str = "") -> dict | None:
+        """Record that the alert behind a ticket resolved: annotation `resolved` = {at, recorded} (the first
+        report wins; Alertmanager repeats itself). With `cancel_queued`, a ticket still waiting in the queue
+        is cancelled instead of computed (status `cancelled`, `reason` as its error); a running or finished
+        ticket keeps its status and result. Returns the ticket, or None when the id is unknown."""
+        now = time.time()
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")  # atomic with `claim`: a ticket is either taken to run or cancelled
+        try:
+            row = conn.execute("SELECT status, mode, attempts, annotations FROM tickets WHERE id=?",
+                               (ticket_id,)).fetchone()
+            if row is not None:
+                notes = json.loads(row["annotations"]) if row["annotations"] else {}
+                notes.setdefault("resolved", {"at": resolved_at, "recorded": now})
+                waiting = row["status"] == QUEUED and (row["mode"] == "async" or row["attempts"] > 0)
+                if cancel_queued and waiting:
+                    conn.execute("UPDATE tickets SET status=?, updated=?, error=?, annotations=? WHERE id=?",
+                                 (CANCELLED, now, reason[:2000], json.dumps(notes), ticket_id))
+                else:
+                    conn.execute("UPDATE tickets SET annotations=? WHERE id=?", (json.dumps(notes), ticket_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return None if row is None else self.get(ticket_id)
 
     def counts(self) -> dict[str, int]:
         rows = self._conn().execute("SELECT status, COUNT(*) AS n FROM tickets GROUP BY status").fetchall()
@@ -164,7 +210,7 @@ class TicketStore:
 
 def _row(row: sqlite3.Row) -> dict:
     d = dict(row)
-    for k in ("request", "params", "result"):
+    for k in ("request", "params", "result", "annotations"):
         if d.get(k):
             d[k] = json.loads(d[k])
     return d

@@ -27,18 +27,19 @@ log = logging.getLogger(__name__)
 
 class Retriever(Protocol):
     def retrieve(self, query: str, scope: list[str] | None = None, k_chunks: int = 3, k_nodes: int = 2,
-                 min_relevance: float = 0.0, exclude_sources: tuple[str, ...] = ()): ...
+                 min_relevance: float = 0.0, exclude_sources: tuple[str, ...] = (), **hints): ...
 
 
 class Plan:
     """One ticket's candidates and the knowledge they were written from."""
 
     def __init__(self, candidates: list[PlanCandidate], dropped: int, knowledge: KnowledgeUse,
-                 scoring: ScoringContext):
+                 scoring: ScoringContext, prompt_tokens: int = 0):
         self.candidates = candidates
         self.dropped = dropped
         self.knowledge = knowledge
         self.scoring = scoring
+        self.prompt_tokens = prompt_tokens  # of the one prompt all candidates continue
 
     @property
     def context_ids(self) -> list[str]:
@@ -92,17 +93,28 @@ class Planner:
         self.grammar = gbnf(self.grammar_spec)
 
     # ---- knowledge --------------------------------------------------------------------------
-    def context_for(self, ticket: str, exclude_sources: tuple[str, ...] = ()):
+    def context_for(self, ticket: str, exclude_sources: tuple[str, ...] = (), keys: tuple[str, ...] = ()):
+        """The knowledge for a ticket; `keys` (an alert name, a runbook file name) rank the runbook named
+        exactly like one first. Passed only when given, so a retriever without key support still works."""
         if self.retriever is None or (self.cfg.context_chunks == 0 and self.cfg.context_nodes == 0):
             return None
         return self.retriever.retrieve(ticket, scope=self.spec.knowledge_scope or None,
                                        k_chunks=self.cfg.context_chunks, k_nodes=self.cfg.context_nodes,
-                                       min_relevance=self.min_relevance, exclude_sources=exclude_sources)
+                                       min_relevance=self.min_relevance, exclude_sources=exclude_sources,
+                                       **({"keys": tuple(keys)} if keys else {}))
 
     def prompt(self, ticket: str, context) -> str:
         user = planner_user_message(ticket, format_context(context) if context is not None and context.matched
                                     else "")
         return self.engine.format_prompt(self.spec.system_prompt, user)
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens the engine feeds the model for `prompt`; 0 for an engine without a tokenizer."""
+        count = getattr(self.engine, "count_prompt_tokens", None)  # stand-in engines need not have one
+        try:
+            return count(prompt) if count is not None else 0
+        except NotImplementedError:
+            return 0
 
     def sampling(self, n: int, seed: int | None) -> SamplingParams:
         temperature = self.spec.temperature if self.spec.temperature is not None else self.cfg.temperature
@@ -116,18 +128,18 @@ class Planner:
     def plan(self, requests: list[PlanRequest], contexts: list | None = None) -> list[Plan]:
         """Candidates for every request; one generate call per distinct (n, seed)."""
         if contexts is None:
-            contexts = [self.context_for(r.ticket, tuple(r.exclude_sources)) for r in requests]
+            contexts = [self.context_for(r.ticket, tuple(r.exclude_sources), tuple(r.keys)) for r in requests]
         plans: list[Plan | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault((r.n, r.seed), []).append(i)
         for (n, seed), idx in groups.items():
             prompts = [self.prompt(requests[i].ticket, contexts[i]) for i in idx]
-            for i, gen in zip(idx, self.engine.generate(prompts, self.sampling(n, seed))):
-                plans[i] = self._plan_of(gen, contexts[i])
+            for i, prompt, gen in zip(idx, prompts, self.engine.generate(prompts, self.sampling(n, seed))):
+                plans[i] = self._plan_of(gen, contexts[i], self.prompt_tokens(prompt))
         return plans  # type: ignore[return-value]
 
-    def _plan_of(self, gen: Generation, context) -> Plan:
+    def _plan_of(self, gen: Generation, context, prompt_tokens: int = 0) -> Plan:
         knowledge = knowledge_use(context, self.retriever is not None)
         shown = context if knowledge.status == "matched" else None
         candidates, dropped = [], 0
@@ -143,4 +155,5 @@ class Planner:
             decoding = "greedy" if k == 0 else "sampled"
             candidates.append(PlanCandidate(workflow=wf, decoding=decoding, tokens=toks, closed_early=not done,
                                             raw=text))
-        return Plan(candidates, dropped, knowledge, scorer_context(shown) if shown is not None else ScoringContext())
+        return Plan(candidates, dropped, knowledge, scorer_context(shown) if shown is not None else ScoringContext(),
+                    prompt_tokens)

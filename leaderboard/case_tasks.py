@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from core.config import ClassifierConfig, ModelSpec
-from core.embeddings import shared_embedder
+from core.embeddings import get_embedder
 from core.schemas import UNKNOWN, LabeledQuery
 from router.classifier import TaskClassifier
 from router.examples import ExampleIndex, TaskInfo
@@ -66,9 +66,9 @@ def classify_cases(cases: list, tasks, examples: list[LabeledQuery], cfg=None, l
 
     if not cases:
         return []
-    if embedder is None:
-        embedder = shared_embedder()
     cfg = cfg or ClassifierConfig(model=ModelSpec(name="classifier", base="smollm2-135m-instruct"))
+    if embedder is None:
+        embedder = get_embedder(cfg.embedder)
     infos = [t if isinstance(t, TaskInfo) else TaskInfo(t.name, getattr(t, "description", "")) for t in tasks]
     index = ExampleIndex(examples, embedder, cfg.lexical_weight)
     clf = TaskClassifier(cfg, infos, index, llm)

@@ -1,7 +1,7 @@
 """Classifier evaluation on the shared labeled sets: every mode, a TF-IDF + LinearSVC baseline, LLM share.
 
     flowrouter leaderboard classifier --dataset owl-bench|it-tickets [--split test|dev]
-        [--modes retrieval,llm,llm+retrieval,cascade] [--limit N] [--train-limit N]
+        [--modes retrieval,llm,llm+retrieval,cascade] [--limit N] [--train-limit N] [--embedder minilm|e5-small]
 
 The dataset's labeled queries are split as the leaderboard task sets split them (stratified,
 `split_labeled(queries, 0.2, seed 0)`): the 80% train part is the classifier's retrieval examples
@@ -18,10 +18,11 @@ an error. The baseline is trained and tested on exactly the same texts in the sa
 With the defaults (`fusion: learned`, `cascade.gate: learned`) the classifier is fitted exactly as the
 service fits it (router/fusion.py `load_or_fit`): vote + MiniLM head + calibrated lexical SVC with
 weights learned out of fold on the training part, saved as a versioned artefact (its version and
-weights are in the report), and the LLM gate learned on the same out-of-fold examples. For every mode
-that asks the LLM the report gives `llm_decided`: the accuracy on the tickets the LLM decided, next to
-what retrieval alone said on those same tickets. LLM answers persist per model version in
-`<cache>/classifier-eval/llm-<fingerprint>.json`, so re-runs and other modes do not ask again.
+weights are in the report), and the LLM gate learned on the same out-of-fold examples. The sentence
+embedder is `cfg.embedder` (`--embedder`, else the set's tuned default); cached vectors are kept per
+embedder. For every mode that asks the LLM the report gives `llm_decided`: the accuracy on the tickets
+the LLM decided, next to what retrieval alone said on those same tickets. LLM answers persist per model
+version in `<cache>/classifier-eval/llm-<fingerprint>.json`, so re-runs and other modes do not ask again.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import CascadeConfig, ClassifierConfig, ModelSpec
-from core.embeddings import shared_embedder
+from core.embeddings import get_embedder
 from core.paths import cache_dir
 from core.schemas import LabeledQuery
 from leaderboard.metrics import classification_report
 from router.classifier import MODES, TaskClassifier
-from router.examples import ExampleIndex, TaskInfo
+from router.examples import EXAMPLE_ROLE, ExampleIndex, TaskInfo
 from router.importers import (
     IT_TICKET_TASKS,
     OWL_DESCRIPTIONS,
@@ -74,7 +75,9 @@ DATASETS = ("owl-bench", "it-tickets")
 EVAL_DEFAULTS = {"top_k": 16, "lexical_weight": 0.5, "vote_temperature": 0.05, "head_weight": 0.7, "head_c": 4.0,
                  "llm_weight": 0.3, "prompt_examples": 4, "min_agreement": 0.5, "fusion": "learned",
                  "gate": "learned", "max_llm_share": 0.2, "components": ["vote", "head", "svc"], "svc_c": 1.0,
-                 "fusion_method": "auto", "svc_calibration": "sigmoid"}
+                 "fusion_method": "auto", "svc_calibration": "sigmoid", "embedder": "minilm"}
+# Per-dataset settings over EVAL_DEFAULTS, chosen on that set's dev split (docs/benchmarks.md).
+DATASET_DEFAULTS: dict[str, dict] = {}
 
 
 @dataclass
@@ -175,29 +178,45 @@ def baseline_svc(train: list[LabeledQuery], test: list[LabeledQuery]) -> list[st
     return list(model.predict([q.text for q in test]))
 
 
+def cache_name(embedder) -> str:
+    """The embedder's registry name (its class name for stand-ins): what keeps cached vectors apart."""
+    return getattr(embedder, "name", None) or type(embedder).__name__
+
+
 class CachedEmbedder:
-    """MiniLM vectors memoised on disk (`<cache>/classifier-eval/embeddings.npz`, keyed by text hash):
-    re-running an evaluation (other modes, other settings) does not re-encode thousands of texts."""
+    """Vectors memoised on disk per embedder (`<cache>/classifier-eval/embeddings.npz` for MiniLM,
+    `embeddings-<name>.npz` for the others; keyed by text hash, and by role where the embedder has
+    query/passage prefixes): re-running an evaluation (other modes, other settings) does not re-encode
+    thousands of texts. A file written by another embedder is ignored and overwritten, never mixed in."""
 
     def __init__(self, embedder, path: str | Path | None = None, progress: bool = True):
         import numpy as np
 
         self.embedder, self.dim, self.progress = embedder, embedder.dim, progress
-        self.path = Path(path) if path else cache_dir() / "classifier-eval" / "embeddings.npz"
+        self.name = cache_name(embedder)
+        self.uses_roles = bool(getattr(embedder, "uses_roles", False))
+        default = "embeddings.npz" if self.name == "minilm" else f"embeddings-{self.name}.npz"
+        self.path = Path(path) if path else cache_dir() / "classifier-eval" / default
         self.vectors: dict[str, np.ndarray] = {}
         if self.path.exists():
             with np.load(self.path) as z:
-                self.vectors = dict(zip(z["keys"].tolist(), z["vectors"]))
+                # Files from before the name was stored hold MiniLM vectors.
+                stored = str(z["embedder"]) if "embedder" in z.files else "minilm"
+                if stored == self.name:
+                    self.vectors = dict(zip(z["keys"].tolist(), z["vectors"]))
+                else:
+                    log.warning("%s holds %s vectors, not %s: re-encoding", self.path, stored, self.name)
         self.dirty = False
 
-    @staticmethod
-    def _key(text: str) -> str:
-        return hashlib.sha1(text.encode("utf-8")).hexdigest()
+    def _key(self, text: str, role: str = "query") -> str:
+        blob = f"{role}\x00{text}" if self.uses_roles else text
+        return hashlib.sha1(blob.encode("utf-8")).hexdigest()
 
     def encode(self, texts: list[str], **kw):
         import numpy as np
 
-        keys = [self._key(t) for t in texts]
+        role = kw.setdefault("role", "query")
+        keys = [self._key(t, role) for t in texts]
         todo = list(dict.fromkeys(k for k in keys if k not in self.vectors))
         if todo:
             first = dict(zip(keys, texts))
@@ -217,7 +236,8 @@ class CachedEmbedder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self.vectors)
         tmp = self.path.with_name(self.path.stem + ".tmp.npz")
-        np.savez(tmp, keys=np.array(keys), vectors=np.stack([self.vectors[k] for k in keys]))
+        np.savez(tmp, keys=np.array(keys), vectors=np.stack([self.vectors[k] for k in keys]),
+                 embedder=np.array(self.name))
         tmp.replace(self.path)
         self.dirty = False
 
@@ -277,10 +297,12 @@ def _sign_test(wins: int, losses: int) -> float:
     return float(binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
 
 
-def eval_config(overrides: dict | None = None, model: ModelSpec | None = None) -> ClassifierConfig:
-    o = {**EVAL_DEFAULTS, **(overrides or {})}
+def eval_config(overrides: dict | None = None, model: ModelSpec | None = None,
+                dataset: str | None = None) -> ClassifierConfig:
+    """The evaluator's settings: EVAL_DEFAULTS, then the dataset's own (DATASET_DEFAULTS), then `overrides`."""
+    o = {**EVAL_DEFAULTS, **DATASET_DEFAULTS.get(dataset or "", {}), **(overrides or {})}
     return ClassifierConfig(
-        model=model or ModelSpec(name="classifier-smollm2", base="smollm2-135m-instruct"),
+        model=model or ModelSpec(name="classifier-smollm2", base="smollm2-135m-instruct"), embedder=o["embedder"],
         top_k=o["top_k"], prompt_examples=o["prompt_examples"], lexical_weight=o["lexical_weight"],
         llm_weight=o["llm_weight"], vote_temperature=o["vote_temperature"], head_weight=o["head_weight"],
         head_c=o["head_c"], unknown_threshold=0.0, min_neighbour_similarity=-1.0, fusion=o["fusion"],
@@ -291,15 +313,17 @@ def eval_config(overrides: dict | None = None, model: ModelSpec | None = None) -
 
 
 def build_classifier(data: EvalData, cfg: ClassifierConfig, *, embedder=None, engine=None,
-                     progress: bool = True) -> TaskClassifier:
+                     progress: bool = True, example_role: str = EXAMPLE_ROLE) -> TaskClassifier:
     """The service's classifier over `data.train`: it fits or loads the artefact (and the gate) as the service
-    does. Embeddings of the train and test texts, and the LLM's answers, are cached on disk between runs."""
+    does, with the configured embedder (`cfg.embedder`) unless `embedder` is given. Embeddings of the train
+    and test texts, and the LLM's answers, are cached on disk between runs. `example_role`: the role the
+    labeled examples are encoded in (the tickets are queries)."""
     if embedder is None:
-        embedder = shared_embedder()
+        embedder = get_embedder(cfg.embedder)
     if not isinstance(embedder, CachedEmbedder):
         embedder = CachedEmbedder(embedder, progress=progress)
-    embedder.encode([q.text for q in data.test])  # encoded once, saved with the training texts
-    index = ExampleIndex(data.train, embedder, cfg.lexical_weight)
+    embedder.encode([q.text for q in data.test], role="query")  # encoded once, saved with the training texts
+    index = ExampleIndex(data.train, embedder, cfg.lexical_weight, example_role=example_role)
     embedder.save()
     llm = None
     if engine is not None:
@@ -312,8 +336,9 @@ def build_classifier(data: EvalData, cfg: ClassifierConfig, *, embedder=None, en
 
 def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, embedder=None, engine=None,
                    out_dir: str | Path | None = None, batch_size: int = 16, progress: bool = True,
-                   plots: bool = True, baseline: bool = True) -> dict:
-    """Accuracy, macro-F1, LLM share and time per mode (+ the baseline) on `data.test`."""
+                   plots: bool = True, baseline: bool = True, example_role: str = EXAMPLE_ROLE) -> dict:
+    """Accuracy, macro-F1, LLM share and time per mode (+ the baseline) on `data.test`, with the embedder
+    `cfg.embedder` (or `embedder`)."""
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown modes {bad}; use {', '.join(MODES)}")
@@ -332,7 +357,9 @@ def evaluate_modes(data: EvalData, modes: list[str], cfg: ClassifierConfig, *, e
         report["baseline"] = {"name": "TF-IDF (word 1-2 + char 2-4) + LinearSVC", "accuracy": r.accuracy,
                               "macro_f1": r.macro_f1, "seconds": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    clf = build_classifier(data, cfg, embedder=embedder, engine=engine, progress=progress)
+    clf = build_classifier(data, cfg, embedder=embedder, engine=engine, progress=progress, example_role=example_role)
+    report["embedder"] = {"name": cache_name(getattr(clf.index.embedder, "embedder", clf.index.embedder)),
+                          "example_role": example_role}
     llm = clf.llm
     report["setup_seconds"] = time.perf_counter() - t0
     if clf.fusion is not None:

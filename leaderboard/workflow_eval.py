@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.config import FlowRouterConfig, ModelSpec
-from core.embeddings import shared_embedder
+from core.embeddings import get_embedder
 from core.schemas import PlanRequest
 from core.stepscore import step_scores
 from core.task_map import TaskMap
@@ -125,7 +125,7 @@ class InProcessService:
     def classifier(self):
         if self._classifier is None:
             c = self.cfg.classifier
-            index = ExampleIndex(load_examples(self.cfg.tasks.examples), shared_embedder(), c.lexical_weight)
+            index = ExampleIndex(load_examples(self.cfg.tasks.examples), get_embedder(c.embedder), c.lexical_weight)
             self._classifier = TaskClassifier(c, load_tasks(self.cfg.tasks.tasks), index, self.engine(c.model))
         return self._classifier
 

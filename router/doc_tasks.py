@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from core.config import ClassifierConfig
-from core.embeddings import shared_embedder
+from core.embeddings import get_embedder
 from core.schemas import UNKNOWN, LabeledQuery
 from experts.knowledge.documents import Document
 from experts.knowledge.markdown import humanize, plain_text, whole_sentences
@@ -43,7 +43,7 @@ class DocumentTaskAssigner:
 
     def __init__(self, tasks: list[TaskInfo], examples: list[LabeledQuery], cfg: ClassifierConfig, embedder=None):
         if embedder is None:
-            embedder = shared_embedder()
+            embedder = get_embedder(cfg.embedder)
         self.names = [t.name for t in tasks]
         index = ExampleIndex(examples, embedder, cfg.lexical_weight)
         self.classifier = TaskClassifier(cfg, tasks, index, llm=None)

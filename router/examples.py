@@ -1,4 +1,4 @@
-"""Labeled example queries and hybrid retrieval over them (MiniLM + faiss, and character n-grams)."""
+"""Labeled example queries and hybrid retrieval over them (sentence embeddings + faiss, and character n-grams)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.embeddings import DenseIndex, Embedder, LexicalIndex
+from core.embeddings import DenseIndex, Embedder, LexicalIndex, Role
 from core.schemas import LabeledQuery
+
+# Tickets are compared with labeled tickets (symmetric similarity), so an embedder with query/passage
+# prefixes (e5) encodes both sides as queries, as e5 recommends for symmetric tasks; chosen on the dev splits
+# against passage-encoded examples (docs/benchmarks.md).
+EXAMPLE_ROLE: Role = "query"
 
 
 @dataclass
@@ -62,26 +67,30 @@ class ExampleIndex:
     """Top-k labeled neighbours of a ticket, fusing dense and lexical similarity.
 
     MiniLM is English-centric; character n-grams keep Chinese tickets, error codes and host
-    names retrievable. Candidates from either index are re-scored on both and fused.
+    names retrievable. Candidates from either index are re-scored on both and fused. Tickets are
+    encoded in the query role, the examples in `example_role`.
     """
 
     def __init__(self, examples: list[LabeledQuery], embedder: Embedder, lexical_weight: float = 0.5,
-                 vectors: np.ndarray | None = None):
+                 vectors: np.ndarray | None = None, example_role: Role = EXAMPLE_ROLE):
         if not examples:
             raise ValueError("the classifier needs at least one labeled example")
         self.examples = examples
         self.embedder = embedder
         self.w = lexical_weight
-        self.vectors = vectors if vectors is not None else embedder.encode([e.text for e in examples])
+        self.example_role = example_role
+        self.vectors = vectors if vectors is not None else \
+            embedder.encode([e.text for e in examples], role=example_role)
         self.dense = DenseIndex(self.vectors)
         self.lexical = LexicalIndex([e.text for e in examples])
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.embedder.encode(texts)
+        """The tickets' vectors (query role)."""
+        return self.embedder.encode(texts, role="query")
 
     def search(self, texts: list[str], k: int, q: np.ndarray | None = None) -> list[list[Neighbour]]:
-        """Top-k fused neighbours per text; `q` passes the texts' MiniLM vectors when already encoded."""
-        q = self.embedder.encode(texts) if q is None else q
+        """Top-k fused neighbours per text; `q` passes the texts' vectors (`encode`) when already encoded."""
+        q = self.encode(texts) if q is None else q
         pool = min(len(self.examples), max(2 * k, k + 8))
         _, d_idx = self.dense.search(q, pool)
         _, l_idx = self.lexical.search(texts, pool)

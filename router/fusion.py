@@ -3,7 +3,7 @@
 The retrieval side has up to three components, each a distribution over the tasks:
 
 - `vote`: the similarity-weighted vote of the k nearest labeled neighbours (router/classifier.py);
-- `head`: the logistic head over MiniLM vectors + n-grams (router/head.py);
+- `head`: the logistic head over the embedder's vectors (MiniLM or e5-small) + n-grams (router/head.py);
 - `svc`: word + char n-gram TF-IDF with a LinearSVC, calibrated to probabilities (router/lexical.py).
 
 Their mixing weights are not set by hand. The labeled examples are split in `fusion_folds`
@@ -90,13 +90,22 @@ def fit_settings(cfg: ClassifierConfig) -> dict:
             "fusion_step": cfg.fusion_step, "fusion_method": cfg.fusion_method, "stacker_c": cfg.stacker_c}
 
 
-def embedder_id(embedder) -> str:
+def embedder_id(embedder, example_role: str = "query") -> str:
+    """What the fitted head and OOF neighbours were computed from: the embedder's registry name (its class
+    name for stand-ins), dimension and, for an embedder with query/passage prefixes, the examples' role."""
     inner = getattr(embedder, "embedder", embedder)  # the evaluator's CachedEmbedder wraps the real one
-    return f"{type(inner).__name__}:{getattr(inner, 'dim', '?')}"
+    name = getattr(inner, "name", None) or type(inner).__name__
+    role = f":{example_role}" if getattr(inner, "uses_roles", False) else ""
+    return f"{name}:{getattr(inner, 'dim', '?')}{role}"
 
 
-def fusion_version(examples, names: list[str], cfg: ClassifierConfig, embedder) -> str:
-    blob = json.dumps([FORMAT, examples_sha(examples), list(names), fit_settings(cfg), embedder_id(embedder)])
+def index_embedder_id(index) -> str:
+    return embedder_id(index.embedder, index.example_role)
+
+
+def fusion_version(examples, names: list[str], cfg: ClassifierConfig, embedder, example_role: str = "query") -> str:
+    blob = json.dumps([FORMAT, examples_sha(examples), list(names), fit_settings(cfg),
+                       embedder_id(embedder, example_role)])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -309,7 +318,7 @@ def fit_fusion(index, names: list[str], cfg: ClassifierConfig, version: str) -> 
     pos = {e.id: i for i, e in enumerate(examples)}
     manifest = {"format": FORMAT, "version": version, "examples_sha": examples_sha(examples),
                 "n_examples": len(examples), "names": list(names), "settings": fit_settings(cfg),
-                "embedder": embedder_id(index.embedder), "weights": weights, "folds": k, "oof": figures,
+                "embedder": index_embedder_id(index), "weights": weights, "folds": k, "oof": figures,
                 "sklearn": sklearn_version, "fit_seconds": round(time.perf_counter() - t0, 2),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     log.info("fusion %s fitted on %d examples in %.1fs: %s, weights %s, OOF accuracy %s, held-out %s", version,
@@ -372,7 +381,7 @@ def load_fusion(folder: str | Path, version: str, sha: str) -> FittedFusion | No
 
 def load_or_fit(index, names: list[str], cfg: ClassifierConfig) -> tuple[FittedFusion, Path]:
     """The fitted fusion for these examples and settings: loaded when its artefact matches, else fitted and saved."""
-    version = fusion_version(index.examples, names, cfg, index.embedder)
+    version = fusion_version(index.examples, names, cfg, index.embedder, index.example_role)
     folder = artefact_dir(cfg, version)
     fitted = load_fusion(folder, version, examples_sha(index.examples))
     if fitted is None:

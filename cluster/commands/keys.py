@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def register(sub) -> None:
     n.add_argument("--rate", type=int, help="requests per minute (default: auth.default_rate_per_minute; 0: none)")
     n.add_argument("--burst", type=int, help="requests at once before the rate applies")
     n.add_argument("--comment", default="", help="what the key is for")
+    n.add_argument("--webhook-url", help="POST the finished workflows of this key's async tickets here")
+    n.add_argument("--webhook-format", choices=["json", "slack"], help="webhook body (default: webhooks.format)")
+    n.add_argument("--webhook-secret-env", metavar="VAR", help="environment variable holding this key's webhook "
+                   "signing secret (kept out of the shell history; default: the webhooks section's secret)")
     where(n)
     n.set_defaults(func=cmd_new)
 
@@ -67,10 +72,16 @@ def cmd_new(args) -> int:
     from deployments.auth import KeyFile, new_key, sha256_hash
 
     key = new_key()
+    secret = None
+    if args.webhook_secret_env:
+        secret = os.environ.get(args.webhook_secret_env, "").strip()
+        if not secret:
+            raise CliError(f"${args.webhook_secret_env} is empty or not set")
     try:
         spec = ApiKeySpec(id=args.id, role=args.role, hash=sha256_hash(key), rate_per_minute=args.rate,
                           burst=args.burst, comment=args.comment,
-                          created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                          created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                          webhook_url=args.webhook_url, webhook_format=args.webhook_format, webhook_secret=secret)
     except ValueError as exc:
         raise CliError(str(exc).splitlines()[-1] if str(exc) else "invalid key") from None
     path = key_file_for(args)

@@ -8,7 +8,7 @@
     flowrouter leaderboard taskset NAME|DIR --out DIR
     flowrouter leaderboard classifier (--dataset owl-bench|it-tickets [--split test|dev] | --train FILE --test FILE)
                                       [--modes ...]
-                                      [--limit N] [--train-limit N]
+                                      [--limit N] [--train-limit N] [--embedder minilm|e5-small]
 
 Results, the derived map (`maps/<version>.yaml`) and figures are written to the results folder
 (default `<cache>/leaderboards/<task set name>`). Publishing a map to a running cluster is
@@ -103,6 +103,9 @@ def register(subparsers) -> None:
     c.add_argument("--svc-calibration", dest="svc_calibration", choices=["sigmoid", "isotonic", "temperature"],
                    default=None, help="how the lexical SVC's margins become probabilities (default sigmoid)")
     c.add_argument("--svc-c", dest="svc_c", type=float, default=None, help="C of the lexical LinearSVC (default 1)")
+    c.add_argument("--embedder", choices=["minilm", "e5-small"], default=None,
+                   help="sentence embedder of the retrieval and the head: minilm (all-MiniLM-L6-v2, English) or "
+                        "e5-small (multilingual-e5-small, 4-bit); default: the set's tuned one, or the config's")
     c.add_argument("--out", help="folder for classifier_eval.json and confusion PNGs "
                                  "(default <cache>/classifier-eval/<dataset>-<split>)")
     c.add_argument("--no-plots", action="store_true")
@@ -118,6 +121,8 @@ def register(subparsers) -> None:
     u.add_argument("--ood-limit", type=int, default=600, help="out-of-domain tickets, split half dev / half test")
     u.add_argument("--limit", type=int, default=None, help="in-domain tickets per split (stratified subset)")
     u.add_argument("--train-limit", type=int, default=None, help="training examples (stratified subset)")
+    u.add_argument("--embedder", choices=["minilm", "e5-small"], default=None,
+                   help="sentence embedder (default: the set's tuned one); the thresholds are on its similarity scale")
     u.add_argument("--out", help="folder for unknown_eval.json (default <cache>/classifier-eval/unknown-<dataset>)")
     u.add_argument("--quiet", action="store_true")
     u.set_defaults(func=cmd_unknown)
@@ -295,7 +300,8 @@ def cmd_classifier(args) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     overrides = {k: getattr(args, k) for k in ("top_k", "head_weight", "lexical_weight", "llm_weight",
                                                "min_agreement", "vote_temperature", "fusion", "gate",
-                                               "max_llm_share", "svc_c", "fusion_method", "svc_calibration")
+                                               "max_llm_share", "svc_c", "fusion_method", "svc_calibration",
+                                               "embedder")
                  if getattr(args, k) is not None}
     if args.components:
         overrides["components"] = [c.strip() for c in args.components.split(",") if c.strip()]
@@ -327,7 +333,7 @@ def cmd_unknown(args) -> int:
     from leaderboard.unknown_eval import OOD_SOURCES, evaluate_unknown, halves, ood_texts
 
     source = args.ood or OOD_SOURCES[args.dataset]
-    cfg = eval_config()
+    cfg = eval_config({"embedder": args.embedder} if args.embedder else None, dataset=args.dataset)
     try:
         splits = {split: load_eval_data(args.dataset, split, limit=args.limit, train_limit=args.train_limit)
                   for split in ("dev", "test")}
@@ -363,7 +369,7 @@ def _classifier_eval_inputs(args, overrides: dict):
         if args.test is not None:
             raise ValueError("--test goes with --train (with --dataset, use --split)")
         return (load_eval_data(args.dataset, args.split, limit=args.limit, train_limit=args.train_limit),
-                eval_config(overrides))
+                eval_config(overrides, dataset=args.dataset))
     if args.test is None:
         raise ValueError("--train needs --test: the labeled tickets to evaluate on")
     data = load_eval_files(args.train, args.test, text_col=args.text_col, task_col=args.task_col,
@@ -376,7 +382,7 @@ def _print_classifier(report: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"classifier on {report['dataset']} ({report['split']}: {report['n_test']} tickets, "
-                        f"{report['n_train']} examples)")
+                        f"{report['n_train']} examples, embedder {report['config'].get('embedder')})")
     for col in ("mode", "accuracy", "macro-F1", "LLM share", "s / ticket"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     if "baseline" in report:

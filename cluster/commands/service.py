@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--candidates", type=int, help="N for best-of-N")
     p.add_argument("--expert", help="force this expert")
     p.add_argument("--json", action="store_true", help="print the full JSON answer")
+    p.add_argument("--follow", action="store_true", help="submit asynchronously and print each status change "
+                                                         "with its elapsed time (on stderr), then the result")
     p.add_argument("--api-key", default=os.environ.get("FLOWROUTER_API_KEY"),
                    help="API key with the ticket role (default: $FLOWROUTER_API_KEY; not needed in open mode)")
     p.add_argument("--no-mermaid", action="store_true", help="leave the Mermaid source out of the output")
@@ -35,8 +37,10 @@ def register(sub) -> None:
                                                          "supports it)")
     p.set_defaults(func=cmd_ticket)
 
-    p = sub.add_parser("status", help="health, map version and deployments of the running service")
+    p = sub.add_parser("status", help="health, map version, experts, queue and webhooks of the running service")
     p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--api-key", default=os.environ.get("FLOWROUTER_API_KEY"),
+                   help="API key with the ticket role, for the queue numbers (default: $FLOWROUTER_API_KEY)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("shutdown", help="stop the service started by `flowrouter serve`")
@@ -131,9 +135,13 @@ def cmd_ticket(args) -> int:
     if args.expert:
         params["expert"] = args.expert
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    if getattr(args, "follow", False):
+        params["mode"] = "async"
     r = _request("POST", f"{args.url}/v1/tickets", json={"title": title, "description": description},
                  params=params, headers=headers)
-    if r.status_code == 202:  # accepted under load (or async): wait for the result
+    if r.status_code == 202 and getattr(args, "follow", False):
+        r = follow(args.url, r.json()["ticket_id"], headers)
+    elif r.status_code == 202:  # accepted under load (or async): wait for the result
         r = _wait_for(args.url, r.json()["ticket_id"], headers)
     _raise_for(r)
     result = r.json()
@@ -161,6 +169,56 @@ def _wait_for(url: str, ticket_id: str, headers: dict, timeout_s: float = 900) -
     raise CliError(f"ticket {ticket_id} did not finish within {timeout_s:.0f}s")
 
 
+def follow(url: str, ticket_id: str, headers: dict, timeout_s: float = 900, interval_s: float = 0.5,
+           out=None, clock=None, sleep=None) -> httpx.Response:
+    """Poll a submitted ticket, printing each change of status (queued, running, a retry, done) with the
+    seconds since submission, and the stage times of the result. The store records a ticket's status, not
+    its stages, so the stages (classify, plan, score) are shown from the result's timings once it is done."""
+    import time
+
+    out = out or sys.stderr
+    clock, sleep = clock or time.monotonic, sleep or time.sleep
+    t0, last = clock(), None
+    print(f"ticket {ticket_id} submitted", file=out, flush=True)
+    while clock() - t0 < timeout_s:
+        r = _request("GET", f"{url}/v1/tickets/{ticket_id}", headers=headers, timeout=30)
+        _raise_for(r)
+        body = r.json()
+        status, attempts, error = body["status"], body.get("attempts") or 0, body.get("error")
+        if (status, attempts) != last:
+            line = f"{clock() - t0:7.1f}s  {status}"
+            if status == "running" and attempts > 1:
+                line += f" (attempt {attempts})"
+            if status == "queued" and error:
+                line += f" again: {error}"
+            print(line, file=out, flush=True)
+            last = (status, attempts)
+        if status == "done":
+            for stage in stage_lines(body["result"] or {}):
+                print(f"          {stage}", file=out, flush=True)
+            return httpx.Response(200, json=body["result"])
+        if status in ("failed", "cancelled"):
+            raise CliError(f"ticket {ticket_id} {status}: {error or 'no reason recorded'}")
+        sleep(interval_s)
+    raise CliError(f"ticket {ticket_id} did not finish within {timeout_s:.0f}s")
+
+
+def stage_lines(result: dict) -> list[str]:
+    """The stages of a finished ticket as its result reports them."""
+    t = result.get("timings_ms") or {}
+    if result.get("shared"):
+        return [f"shared ({result['shared']}) from ticket {result.get('shared_from')}"]
+    lines = []
+    if "classify" in t:
+        lines.append(f"classified {result.get('task')} ({result.get('decision_path')}) in {_secs(t['classify'])}")
+    if "plan" in t:
+        lines.append(f"planned by {result.get('expert')}: {len(result.get('candidates') or [])} candidates in "
+                     f"{_secs(t['plan'])}")
+    if "score" in t:
+        lines.append(f"scored in {_secs(t['score'])}; best is candidate {result.get('best_index')}")
+    return lines
+
+
 def render_result(result: dict, mermaid: bool = True, unicode: bool | None = None) -> str:
     from cluster.render import render_result as render
 
@@ -175,7 +233,42 @@ def cmd_status(args) -> int:
     print(f"map version: {h['map_version']}")
     print(f"experts: {', '.join(h['experts'])}")
     print(f"tasks: {', '.join(h['tasks'])}")
+    api_key = getattr(args, "api_key", None)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    s = _request("GET", f"{args.url}/v1/stats", timeout=10, headers=headers)
+    if s.status_code in (401, 403):
+        print("queue: needs an API key with the ticket role (--api-key or $FLOWROUTER_API_KEY)")
+        return 0
+    _raise_for(s)
+    for line in status_lines(s.json()):
+        print(line)
     return 0
+
+
+def _secs(ms) -> str:
+    return "-" if ms is None else f"{ms / 1000:.1f}s"
+
+
+def status_lines(stats: dict) -> list[str]:
+    """/v1/stats in a few lines: the queue, the recent window, webhook deliveries."""
+    q = stats.get("queue") or {}
+    lat = stats.get("latency_ms") or {}
+    rejects = (stats.get("rejects") or {}).get("total", 0)
+    lines = [f"queue: {q.get('inflight', 0)} computing, {q.get('waiting', 0)} waiting (limits "
+             f"{q.get('max_inflight', '?')}/{q.get('max_waiting', '?')}); async {q.get('async_queued', 0)} queued, "
+             f"{q.get('async_running', 0)} running",
+             f"last {stats.get('window_s', 60):.0f}s: {stats.get('tickets_per_s') or 0:.2f} tickets/s, "
+             f"p50 {_secs(lat.get('p50'))}, p95 {_secs(lat.get('p95'))}, {stats.get('errors', 0)} errors, "
+             f"{rejects} rejected"]
+    wh = stats.get("webhooks")
+    if wh and wh.get("enabled", True) and "delivered" in wh:
+        line = (f"webhooks: {wh['delivered']} delivered, {wh.get('retrying', 0)} retrying, {wh.get('pending', 0)} "
+                f"pending, {wh.get('failed', 0)} failed ({wh.get('retries', 0)} retries)")
+        last = wh.get("last_error")
+        if last:
+            line += f"; last error: {last.get('error')} (ticket {last.get('ticket_id')})"
+        lines.append(line)
+    return lines
 
 
 def cmd_shutdown(args) -> int:

@@ -37,6 +37,8 @@ class KeyInfo(BaseModel):
     burst: int | None = None
     created: str | None = None
     comment: str = ""
+    webhook: str | None = Field(default=None, description="The key's webhook receiver, scheme and host only.")
+    webhook_format: str | None = None
 
 
 class KeyList(BaseModel):
@@ -55,6 +57,14 @@ class NewKeyRequest(BaseModel):
                                         description="Per-key limit (default: auth.default_rate_per_minute).")
     burst: int | None = Field(default=None, ge=1, le=100_000, description="Per-key burst.")
     comment: str = Field(default="", max_length=200, description="What the key is for.")
+    webhook_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://[^\s]+$",
+                                    description="Receiver of the finished workflows of this key's async "
+                                                "tickets (signed POST, retried).")
+    webhook_format: Literal["json", "slack"] | None = Field(default=None, description="json or slack (default: "
+                                                            "webhooks.format).")
+    webhook_secret: str | None = Field(default=None, min_length=16, max_length=512, repr=False,
+                                       description="Signing secret of this key's webhook (default: the "
+                                                   "webhooks section's secret); stored, never shown again.")
 
 
 class NewKeyResponse(BaseModel):
@@ -103,8 +113,12 @@ async def create_key(body: NewKeyRequest) -> NewKeyResponse:
     if ring.file is None:
         raise HTTPException(409, "no key file is configured (auth.key_file / serve.state_dir)")
     key = new_key()
-    spec = ApiKeySpec(id=body.id, role=body.role, hash=sha256_hash(key), rate_per_minute=body.rate_per_minute,
-                      burst=body.burst, created=utc_now(), comment=body.comment)
+    try:
+        spec = ApiKeySpec(id=body.id, role=body.role, hash=sha256_hash(key), rate_per_minute=body.rate_per_minute,
+                          burst=body.burst, created=utc_now(), comment=body.comment, webhook_url=body.webhook_url,
+                          webhook_format=body.webhook_format, webhook_secret=body.webhook_secret)
+    except ValueError as exc:  # e.g. a webhook URL that is not http(s)://
+        raise HTTPException(422, f"invalid key: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
     try:
         ring.file.add(spec, reserved=ring.static_ids())
     except KeyError:

@@ -8,6 +8,8 @@ and holds this process's configured instance.
 * `mode: open` (local development) lets every request in as `anonymous` with the admin role; it must
   be set explicitly, is logged as a warning, is refused on a non-loopback listen address unless
   `allow_open_on_network`, and then only accepts loopback Host headers (no DNS rebinding).
+* GET /metrics follows `auth.metrics_access`: by default a loopback client asking for a loopback Host
+  needs no key (a Prometheus on the same machine) and anyone else needs an admin key.
 """
 
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from core.auth_config import AuthConfig
 from deployments.auth.keys import KeyRing
-from deployments.auth.policy import ANONYMOUS, Principal, required_role
+from deployments.auth.policy import ANONYMOUS, METRICS_PATH, Principal, metrics_role, required_role
 from deployments.auth.ratelimit import RateLimiter
 
 log = logging.getLogger("ray.serve")
@@ -65,6 +67,8 @@ class Guard:
     def decide(self, method: str, path: str, headers: dict[str, str], client: str) -> tuple[Principal | None, tuple]:
         """(principal, None) to let the request through, or (None, (status, detail, extra headers))."""
         role = required_role(method, path)
+        if path == METRICS_PATH:
+            role = metrics_role(method, self.auth.metrics_access, self.loopback_caller(headers, client))
         if self.open:
             if not self.auth.allow_open_on_network:
                 host = _host_name(headers.get("host", ""))
@@ -98,6 +102,12 @@ class Guard:
         if wait:
             return None, _too_many(wait, f"key {entry.id!r}")
         return principal, None
+
+    @staticmethod
+    def loopback_caller(headers: dict[str, str], client: str) -> bool:
+        """The client address is loopback and so is the Host it asked for (or it named none)."""
+        host = _host_name(headers.get("host", ""))
+        return is_loopback(client) and (not host or is_loopback(host))
 
 
 def _host_name(host: str) -> str:

@@ -17,7 +17,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +69,31 @@ class KeyEntry:
     burst: int | None = None
     created: str | None = None
     comment: str = ""
+    webhook_url: str | None = None
+    webhook_format: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, spec: ApiKeySpec, source: str) -> "KeyEntry":
+        return cls(spec.id, spec.role, spec.hash, source, spec.rate_per_minute, spec.burst, spec.created, spec.comment,
+                   spec.webhook_url, spec.webhook_format, spec.webhook_secret)
 
     def public(self) -> dict:
+        """What the API may show: never the hash or the webhook secret, and the webhook URL without its
+        path (Slack-style URLs carry their own secret there)."""
         return {"id": self.id, "role": self.role, "source": self.source, "rate_per_minute": self.rate_per_minute,
-                "burst": self.burst, "created": self.created, "comment": self.comment}
+                "burst": self.burst, "created": self.created, "comment": self.comment,
+                "webhook": redact_url(self.webhook_url) if self.webhook_url else None,
+                "webhook_format": self.webhook_format}
+
+
+def redact_url(url: str) -> str:
+    """scheme://host[:port]/… : enough to tell receivers apart, without a secret the path or query may hold."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "…"
+    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/…" if len(host) < len(rest) else f"{scheme}://{host}"
 
 
 def utc_now() -> str:
@@ -168,8 +189,7 @@ class KeyRing:
         self.auth = auth
         self.file = KeyFile(key_file) if key_file else None
         environ = os.environ if environ is None else environ
-        self._static = [KeyEntry(k.id, k.role, k.hash, "config", k.rate_per_minute, k.burst, k.created, k.comment)
-                        for k in auth.keys]
+        self._static = [KeyEntry.of(k, "config") for k in auth.keys]
         env_value = environ.get(auth.env_var, "")
         self.env_error = None
         if env_value.strip():
@@ -209,8 +229,7 @@ class KeyRing:
             file_entries = self._file_entries
             if self.file:
                 try:
-                    file_entries = [KeyEntry(s.id, s.role, s.hash, "file", s.rate_per_minute, s.burst, s.created,
-                                             s.comment) for s in self.file.read()]
+                    file_entries = [KeyEntry.of(s, "file") for s in self.file.read()]
                     self.last_error = None
                 except Exception as exc:  # keep serving with the keys we had; report the problem
                     self.last_error = f"{type(exc).__name__}: {exc}"

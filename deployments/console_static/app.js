@@ -10,7 +10,7 @@
 (() => {
   const KEY_STORE = "flowrouter.apiKey";
   const state = { config: { mermaid: false, stats_poll_s: 2, auth_mode: "keys" }, result: null, shown: null,
-                  statsTimer: null, chartSeq: 0, mermaidReady: null, opsLoaded: false };
+                  statsTimer: null, chartSeq: 0, mermaidReady: null, opsLoaded: false, linked: null };
 
   // ---- small DOM helpers (text only) ---------------------------------------------------------
   const $ = (id) => document.getElementById(id);
@@ -199,6 +199,9 @@
   async function showResult(r, title) {
     state.result = r;
     $("result").hidden = false;
+    if (r.ticket_id && window.history.replaceState) {  // the address bar now links to this ticket
+      window.history.replaceState(null, "", "/tickets/" + encodeURIComponent(r.ticket_id));
+    }
     $("result-title").textContent = title ? `Ticket: ${title}` : `Ticket ${r.ticket_id}`;
     const facts = [
       ["ticket id", r.ticket_id], ["task", r.task], ["confidence", fmt(r.confidence)],
@@ -286,6 +289,29 @@
       setStatus($("ticket-status"), "");
       await showResult(data.result, null);
     } catch (err) { setStatus($("ticket-status"), explain(err), "error"); }
+  }
+
+  // ---- deep links: /tickets/{id} opens that ticket (the link webhook messages carry) -------------------
+  function linkedTicketId() {
+    const m = /^\/tickets\/([^/]+)\/?$/.exec(window.location.pathname);
+    if (!m) return null;
+    try { return decodeURIComponent(m[1]); } catch (err) { return null; }
+  }
+
+  async function openLinkedTicket() {
+    const id = state.linked;
+    if (!id) return;
+    $("lookup-id").value = id;
+    try {
+      const { data } = await api("GET", `/v1/tickets/${encodeURIComponent(id)}`);
+      const result = data.status === "done" && data.result ? data.result : await waitForResult(id);
+      state.linked = null;
+      setStatus($("ticket-status"), "");
+      await showResult(result, null);
+    } catch (err) {
+      // 401/403: the key is missing or lacks the role; entering one tries again (refreshIdentity).
+      setStatus($("ticket-status"), explain(err), "error");
+    }
   }
 
   async function sendFeedback(verdict) {
@@ -437,6 +463,7 @@
     try {
       const { data } = await api("GET", "/v1/whoami");
       who.textContent = data.mode === "open" ? "open mode (no key needed)" : `signed in as ${data.id} (${data.role})`;
+      if (state.linked) openLinkedTicket();
       try {
         const models = (await api("GET", "/v1/models")).data.data.map((m) => m.id).filter((m) => m !== "flowrouter");
         const sel = $("t-expert");
@@ -454,6 +481,7 @@
       if (resp.ok) state.config = Object.assign(state.config, await resp.json());
     } catch (err) { /* defaults */ }
     loadMermaid();
+    state.linked = linkedTicketId();
     $("key-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const key = $("api-key").value.trim();

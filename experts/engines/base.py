@@ -94,6 +94,10 @@ class Engine(ABC):
     def count_tokens(self, text: str) -> int:
         raise NotImplementedError
 
+    def count_prompt_tokens(self, prompt: str) -> int:
+        """Tokens `generate` feeds the model for a rendered prompt (with any start token it adds)."""
+        return self.count_tokens(prompt)
+
     def close(self) -> None:  # noqa: B027  (optional hook: most engines hold nothing to release)
         """Release the model (engines that own processes or devices override this)."""
 
@@ -120,6 +124,9 @@ class TokenizedEngine(Engine):
 
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        return len(self._encode_prompt(prompt))
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

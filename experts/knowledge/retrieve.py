@@ -4,7 +4,9 @@ A node's score mixes dense and lexical evidence: the query against the incident 
 and against "name: failure description" (FlowXpert), BM25 over the node's own text (names,
 description, steps), a small boost when one of the node's chunks is among the best chunk hits,
 and a larger one when its alert name or an alias appears in the query (tickets quote
-`KubePodCrashLooping`). Below a calibrated relevance nothing is returned: an unrelated runbook is
+`KubePodCrashLooping`). A caller that knows the runbook's name (an alert's `alertname`, the file name
+of its `runbook_url`) passes it as a retrieval key: a node whose name, alias or document file name is
+exactly that key ranks first. Below a calibrated relevance nothing is returned: an unrelated runbook is
 worse than none.
 """
 
@@ -31,6 +33,9 @@ NAME_WEIGHT = 0.5  # the rest goes to the name+description embedding
 LEXICAL_WEIGHT = 0.3  # BM25's share of a node's score (the rest is dense)
 CHUNK_EVIDENCE_BOOST = 0.08
 NAME_MENTION_BOOST = 0.25
+# More than all other evidence can add up to (dense <= 0.7, BM25 <= 0.3, chunk evidence <= 0.19, mention 0.25),
+# so a node named exactly like a retrieval key ranks above every node that is not.
+KEY_MATCH_BOOST = 2.0
 SCOPE_MARGIN = 0.05  # how much more relevant the whole base must be to override an expert's scope
 QUERY_CACHE_SIZE = 512
 
@@ -76,6 +81,7 @@ class _State:
     chunk_owner: dict[str, list[int]]  # chunk id -> node rows
     camel_names: list[tuple[int, str]]
     keys: list[tuple[int, str]]
+    exact_names: dict[str, set[int]]  # squashed name, alias or document file name -> node rows
     lexical: BM25
 
 
@@ -96,12 +102,24 @@ def _load_state(store: KnowledgeStore, version: str, stamp) -> _State:
     keys = [(i, k) for i, k in keys if len(k.split()) >= 2 and len(k) >= 8]
     lexical = BM25([" ".join([n.incident, *n.aliases, n.failure_description, *n.diagnosis_steps,
                               *n.mitigation_steps]) for n in data.nodes])
+    exact: dict[str, set[int]] = {}
+    for i, n in enumerate(data.nodes):
+        for name in (n.incident, *n.aliases, *(Path(d).stem for d in n.docs)):
+            if key := squash_key(name):
+                exact.setdefault(key, set()).add(i)
     return _State(version=version, stamp=stamp, manifest=data.manifest, chunks=data.chunks, chunk_index=index,
                   chunk_tags=[frozenset(c.tags) for c in data.chunks], nodes=data.nodes,
                   name_vecs=np.ascontiguousarray(data.name_vectors, np.float32),
                   desc_vecs=np.ascontiguousarray(data.desc_vectors, np.float32),
                   node_tags=[frozenset(n.tags) for n in data.nodes], chunk_owner=owner, camel_names=camel,
-                  keys=keys, lexical=lexical)
+                  keys=keys, exact_names=exact, lexical=lexical)
+
+
+def squash_key(name: str) -> str:
+    """A name as retrieval keys compare it: lower case letters and digits only, so `KubePodCrashLooping`,
+    `kube-pod-crash-looping.md`'s stem and `kubepodcrashlooping` agree; '' for names under 3 characters."""
+    key = re.sub(r"[^a-z0-9]+", "", name.lower())
+    return key if len(key) >= 3 else ""
 
 
 def scope_tags(scope: list[str] | None) -> frozenset | None:
@@ -173,21 +191,22 @@ class KnowledgeBase:
 
     def retrieve(self, query: str, scope: list[str] | None = None, k_chunks: int = 3, k_nodes: int = 2,
                  min_relevance: float = 0.0, exclude_sources: tuple[str, ...] = (),
-                 scope_margin: float = SCOPE_MARGIN) -> RetrievedContext:
+                 scope_margin: float = SCOPE_MARGIN, keys: tuple[str, ...] = ()) -> RetrievedContext:
         return self.retrieve_many([query], scope=scope, k_chunks=k_chunks, k_nodes=k_nodes,
                                   min_relevance=min_relevance, exclude_sources=exclude_sources,
-                                  scope_margin=scope_margin)[0]
+                                  scope_margin=scope_margin, keys=keys)[0]
 
     def retrieve_many(self, queries: list[str], scope: list[str] | None = None, k_chunks: int = 3,
                       k_nodes: int = 2, min_relevance: float = 0.0, exclude_sources: tuple[str, ...] = (),
-                      scope_margin: float = SCOPE_MARGIN) -> list[RetrievedContext]:
+                      scope_margin: float = SCOPE_MARGIN, keys: tuple[str, ...] = ()) -> list[RetrievedContext]:
         """Chunks and incident nodes per query, best first.
 
         With a `scope` the documents filed under its tasks (or tagged with its names) answer, unless
         the whole base holds something more relevant by more than `scope_margin`, or the scope holds
         nothing above `min_relevance`: then the whole base answers (`scope == "whole base"`). Below
         `min_relevance` everywhere, the context is empty and `matched` False. Documents in
-        `exclude_sources` are never returned (held-out evaluation).
+        `exclude_sources` are never returned (held-out evaluation). A node named exactly like one of
+        `keys` (every query's) ranks first (module doc).
         """
         if not queries:
             return []
@@ -197,11 +216,11 @@ class KnowledgeBase:
         exclude = frozenset(exclude_sources)
         out = []
         for query, vec in zip(queries, qv):
-            everywhere = self._search(st, query, vec, None, k_chunks, k_nodes, min_relevance, exclude)
+            everywhere = self._search(st, query, vec, None, k_chunks, k_nodes, min_relevance, exclude, keys)
             if tags is None:
                 out.append(everywhere)
                 continue
-            scoped = self._search(st, query, vec, tags, k_chunks, k_nodes, min_relevance, exclude)
+            scoped = self._search(st, query, vec, tags, k_chunks, k_nodes, min_relevance, exclude, keys)
             better = (everywhere.best_score or 0.0) > (scoped.best_score or 0.0) + scope_margin
             if scoped.matched and not better:
                 out.append(scoped)
@@ -211,10 +230,11 @@ class KnowledgeBase:
         return out
 
     def _search(self, st: _State, query: str, vec: np.ndarray, tags: frozenset | None, k_chunks: int,
-                k_nodes: int, min_relevance: float, exclude: frozenset) -> RetrievedContext:
+                k_nodes: int, min_relevance: float, exclude: frozenset,
+                keys: tuple[str, ...] = ()) -> RetrievedContext:
         wanted = max(k_chunks, 5) if k_nodes else k_chunks
         hits = self._search_chunks(st, vec, tags, wanted, exclude)
-        nodes = self._rank_nodes(st, query, vec, tags, hits, k_nodes, exclude) if k_nodes > 0 else []
+        nodes = self._rank_nodes(st, query, vec, tags, hits, k_nodes, exclude, keys) if k_nodes > 0 else []
         if nodes:
             best = nodes[0].score
         elif k_nodes > 0 and st.nodes:
@@ -279,8 +299,9 @@ class KnowledgeBase:
         hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         return [(i, s) for i, s in hits if st.chunks[i].source not in exclude][:k]
 
-    def node_scores(self, st: _State, query: str, vec: np.ndarray, chunk_hits) -> np.ndarray:
-        """Every node's score: dense name and description similarity, BM25, and two boosts (module doc)."""
+    def node_scores(self, st: _State, query: str, vec: np.ndarray, chunk_hits,
+                    keys: tuple[str, ...] = ()) -> np.ndarray:
+        """Every node's score: dense name and description similarity, BM25, and the boosts (module doc)."""
         dense = NAME_WEIGHT * (st.name_vecs @ vec) + (1 - NAME_WEIGHT) * (st.desc_vecs @ vec)
         score = (1 - LEXICAL_WEIGHT) * dense + LEXICAL_WEIGHT * st.lexical.scores(query)
         for rank, (ci, _) in enumerate(chunk_hits[:5]):
@@ -292,13 +313,16 @@ class KnowledgeBase:
             mentioned |= {ni for ni, key in st.keys if f" {key} " in norm_q}
             for ni in mentioned:
                 score[ni] += NAME_MENTION_BOOST
+        named = {ni for k in keys for ni in st.exact_names.get(squash_key(k), ())}
+        for ni in named:
+            score[ni] += KEY_MATCH_BOOST
         return score
 
     def _rank_nodes(self, st: _State, query: str, vec: np.ndarray, tags: frozenset | None, chunk_hits, k: int,
-                    exclude: frozenset) -> list[NodeHit]:
+                    exclude: frozenset, keys: tuple[str, ...] = ()) -> list[NodeHit]:
         if not st.nodes:
             return []
-        score = self.node_scores(st, query, vec, chunk_hits)
+        score = self.node_scores(st, query, vec, chunk_hits, keys)
         if tags is not None or exclude:
             keep = np.array([(tags is None or bool(t & tags)) and not (exclude and exclude & set(n.sources))
                              for t, n in zip(st.node_tags, st.nodes)])

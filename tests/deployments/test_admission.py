@@ -98,3 +98,64 @@ def test_retry_after_tracks_throughput():
         adm._done.append(now[0])
     adm.inflight = 2
     assert 1 <= adm.retry_after() <= 5
+
+
+def test_critical_tickets_wait_ahead_and_shed_the_newest_low_severity_waiter():
+    async def main():
+        adm = AdmissionController(max_inflight=1, max_waiting=2, max_wait_s=5)
+        release = asyncio.Event()
+        order, refused = [], []
+
+        async def job(name, critical=False):
+            try:
+                async with adm.slot(critical=critical):
+                    order.append(name)
+                    await release.wait()
+            except Overloaded as exc:
+                refused.append((name, exc.status, exc.kind))
+
+        tasks = [asyncio.create_task(job("low-0"))]
+        await asyncio.sleep(0.01)
+        tasks += [asyncio.create_task(job("low-1")), asyncio.create_task(job("low-2"))]
+        await asyncio.sleep(0.01)
+        assert adm.waiting == 2  # the queue is full of low-severity tickets
+        tasks.append(asyncio.create_task(job("crit-1", critical=True)))
+        await asyncio.sleep(0.01)
+        assert refused == [("low-2", 503, "shed")]  # the newest low-severity waiter made room
+        tasks.append(asyncio.create_task(job("crit-2", critical=True)))
+        await asyncio.sleep(0.01)
+        assert refused[-1] == ("low-1", 503, "shed")
+        tasks.append(asyncio.create_task(job("crit-3", critical=True)))  # the queue is full of critical ones now
+        await asyncio.sleep(0.01)
+        assert refused[-1] == ("crit-3", 429, "queue_full")
+        release.set()
+        await asyncio.gather(*tasks)
+        return adm, order
+
+    adm, order = asyncio.run(main())
+    assert order == ["low-0", "crit-1", "crit-2"]
+    assert adm.rejected == {"queue_full": 1, "wait_timeout": 0, "shed": 2} and adm.inflight == 0
+
+
+def test_a_critical_ticket_jumps_the_queue_without_shedding_when_there_is_room():
+    async def main():
+        adm = AdmissionController(max_inflight=1, max_waiting=4, max_wait_s=5)
+        release = asyncio.Event()
+        order = []
+
+        async def job(name, critical=False):
+            async with adm.slot(critical=critical):
+                order.append(name)
+                await release.wait()
+
+        tasks = [asyncio.create_task(job("first"))]
+        await asyncio.sleep(0.01)
+        for name, crit in (("low-1", False), ("low-2", False), ("crit", True)):
+            tasks.append(asyncio.create_task(job(name, crit)))
+            await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(*tasks)
+        return adm, order
+
+    adm, order = asyncio.run(main())
+    assert order == ["first", "crit", "low-1", "low-2"] and adm.rejected["shed"] == 0

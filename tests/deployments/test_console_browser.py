@@ -236,3 +236,35 @@ def test_hostile_model_output_is_drawn_as_text(console_ready, browser):
         watch.assert_clean(page, service.url)
     finally:
         ctx.close()
+
+
+def test_a_ticket_deep_link_opens_the_ticket_with_its_flowchart(console_ready, browser):
+    """/tickets/{id} (the link webhook messages carry) serves the console, which loads that ticket once a
+    key is given, waits while it is still queued, and draws its flowchart."""
+    service = console_ready
+    key = service.keys["ticket"]
+    r = httpx.post(f"{service.url}/v1/tickets", params={"mode": "async", "candidates": 1}, timeout=60,
+                   headers={"Authorization": f"Bearer {key}"},
+                   json={"id": "deep-link-1", "title": "db-01 disk 97% full, postgres cannot write WAL",
+                         "description": "pg_wal on /var/lib/postgresql keeps growing; INSERTs fail with ENOSPC"})
+    assert r.status_code == 202, r.text
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    watch = Watch(page)
+    try:
+        page.goto(service.url + "/tickets/deep-link-1")
+        page.wait_for_selector("#whoami:has-text('enter an API key')")
+        page.fill("#api-key", key)
+        page.click("#key-use")
+        page.wait_for_selector("#chart svg, #ticket-status.error", timeout=SOLVE_TIMEOUT_MS)
+        assert page.query_selector("#chart svg") is not None, page.text_content("#ticket-status")
+        assert page.get_attribute("#chart", "data-rendered") == "svg"
+        assert page.text_content("[data-field='ticket-id']") == "deep-link-1"
+        assert page.text_content("#result-title") == "Ticket deep-link-1"
+        assert page.input_value("#lookup-id") == "deep-link-1"
+        assert page.url == service.url + "/tickets/deep-link-1"
+        assert page.query_selector_all("#steps li") and page.query_selector_all("#candidates tbody tr")
+        page.screenshot(path=str(ARTIFACTS / "deep-link.png"), full_page=True)
+        watch.assert_clean(page, service.url)
+    finally:
+        ctx.close()

@@ -303,3 +303,56 @@ def test_stats_shape_for_the_console(tmp_path):
         await gate.worker.stop()
 
     asyncio.run(main())
+
+
+class NModels(Models):
+    """Records the N each computation was asked for."""
+
+    def __init__(self, delay=0.2):
+        super().__init__(delay)
+        self.ns = []
+
+    async def compute(self, ticket, n, expert, task_map):
+        self.ns.append(n)
+        return await super().compute(ticket, n, expert, task_map)
+
+
+def test_n_shrinks_under_load_is_reported_and_comes_back(tmp_path):
+    models = NModels()
+    gate, _ = _gate(tmp_path, models, max_inflight_tickets=2, max_waiting_tickets=16)
+
+    async def main():
+        # 6 distinct tickets at once on 2 slots: the later ones see 2+ tickets ahead per slot.
+        tasks = []
+        for i in range(6):  # arriving one after another, each sees the ones before it
+            title = ["disk full", "vpn down", "pod crashloop", "dns failing", "cert expired", "raid degraded"][i]
+            tasks.append(asyncio.create_task(gate.solve_sync(_t(i, title), 4, None)))
+            await asyncio.sleep(0.01)
+        burst = await asyncio.gather(*tasks)
+        calm = await gate.solve_sync(_t(99, "printer jammed in the Berlin office"), 4, None)
+        return burst, calm
+
+    burst, calm = asyncio.run(main())
+    assert [r.n_used for r in burst] == [4, 4, 2, 2, 1, 1]
+    assert all(r.n_requested == 4 for r in burst) and "capped at 2" in burst[2].n_reason
+    assert models.ns[:6] == [4, 4, 2, 2, 1, 1]
+    assert calm.n_used == 4 and calm.n_reason == "requested"  # the queue drained: N is back
+
+
+def test_past_the_last_step_a_cached_workflow_of_any_n_is_served(tmp_path):
+    from core.config import AdaptiveNConfig, AdaptiveNStep
+
+    models = NModels(delay=0.05)
+    steps = AdaptiveNConfig(steps=[AdaptiveNStep(pressure=1.0, max_n=1, reuse_cached=True)])
+    gate, _ = _gate(tmp_path, models, max_inflight_tickets=1, adaptive_n=steps)
+
+    async def main():
+        first = await gate.solve_sync(_t(1), 4, None)  # idle: written with N = 4 and cached
+        gate.admission.inflight = 1  # a busy slot: pressure 1.0
+        again = await gate.solve_sync(_t(2), 4, None)
+        gate.admission.inflight = 0
+        return first, again
+
+    first, again = asyncio.run(main())
+    assert first.n_used == 4 and again.shared == "cache" and again.n_used == 4
+    assert "cached workflow" in again.n_reason and models.ns == [4]

@@ -231,3 +231,35 @@ def test_replica_crashes_mid_flood_lose_no_accepted_ticket(flood_service):
         assert r["result"]["ticket_id"] == r["ticket_id"] and r["result"]["workflow"]["mermaid"]
     new_pids = {p.pid for p in svc.replica_processes(f"planner-{EXPERT}")}
     assert new_pids and not new_pids & {p.pid for p in planners}, "the killed replica was replaced"
+
+
+def test_under_overload_n_shrinks_and_a_critical_ticket_goes_first(flood_service):
+    """Async tickets past the backlog bound: lower severities are refused, a critical one is accepted and
+    computed ahead of the queue, and best-of-N shrinks while the queue is long (reported per ticket)."""
+    svc = flood_service
+    low = [f"sev-low-{i}" for i in range(5)]
+    for i, tid in enumerate(low):
+        r = svc.post("/v1/tickets", params={"mode": "async", "candidates": 4},
+                     json=_ticket(i + 3, "severity") | {"id": tid})
+        assert r.status_code == 202, r.text
+    over = svc.post("/v1/tickets", params={"mode": "async", "candidates": 4},
+                    json=_ticket(9, "severity") | {"id": "sev-low-over"})
+    assert over.status_code == 429, "the backlog is full for lower severities"
+    crit = svc.post("/v1/tickets", params={"mode": "async", "candidates": 4},
+                    json=_ticket(11, "severity") | {"id": "sev-critical", "labels": ["severity=critical"]})
+    assert crit.status_code == 202, "a critical ticket is never shed for the backlog"
+    finished: dict[str, float] = {}
+    deadline = time.time() + 900
+    while len(finished) < 6 and time.time() < deadline:
+        for tid in [*low, "sev-critical"]:
+            if tid not in finished and svc.get(f"/v1/tickets/{tid}").json()["status"] in ("done", "failed"):
+                finished[tid] = time.time()
+        time.sleep(1)
+    rows = {tid: svc.get(f"/v1/tickets/{tid}").json() for tid in finished}
+    assert len(rows) == 6 and all(r["status"] == "done" for r in rows.values()), rows
+    later = [tid for tid in low if finished[tid] > finished["sev-critical"]]
+    assert later, f"the critical ticket, sent last, finished after every earlier one: {finished}"
+    results = [rows[tid]["result"] for tid in low]
+    assert all(r["n_requested"] == 4 for r in results)
+    assert min(r["n_used"] for r in results) < 4, [(r["n_used"], r["n_reason"]) for r in results]
+    assert any("pressure" in r["n_reason"] for r in results)

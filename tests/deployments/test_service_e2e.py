@@ -153,7 +153,7 @@ def test_batch_and_openai_compatible_api(service):
     assert service.post("/v1/chat/completions", json={"model": "gpt-4", "messages": [
         {"role": "user", "content": "x"}]}, timeout=30).status_code == 404
     assert service.post("/v1/chat/completions", json={"messages": [
-        {"role": "assistant", "content": "x"}]}, timeout=30).status_code == 422
+        {"role": "assistant", "content": "x"}]}, timeout=30).status_code == 400
 
 
 def test_map_publish_and_rollback_live(service):

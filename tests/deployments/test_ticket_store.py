@@ -27,3 +27,10 @@ def test_feedback_joins_ticket_and_result(tmp_path):
     s.add_feedback("a", "accept", 0, "good")
     [row] = TicketStore(tmp_path / "t.sqlite").feedback()  # a second connection sees it (durable)
     assert row["verdict"] == "accept" and row["request"] == {"title": "x"} and row["result"] == {"best_index": 0}
+
+
+def test_critical_async_tickets_are_claimed_before_older_ones(tmp_path):
+    store = TicketStore(tmp_path / "t.sqlite")
+    for tid, params in (("old-low", {"n": 1}), ("new-critical", {"n": 1, "critical": True}), ("newer-low", {"n": 1})):
+        assert store.accept(tid, {"title": tid}, params, mode="async")
+    assert [r["id"] for r in store.claim(3, stale_after_s=30)] == ["new-critical", "old-low", "newer-low"]

@@ -107,6 +107,21 @@ def test_best_of_one_is_greedy():
     assert params.temperature == 0.0 and params.n == 1
 
 
+def test_plan_counts_the_prompt_tokens_the_engine_reads():
+    class Counting(ScriptedEngine):
+        def count_prompt_tokens(self, prompt):
+            return len(prompt.split())
+
+    engine = Counting([GOOD])
+    [a, b] = _planner(engine, None).plan([PlanRequest(ticket="disk full", n=2),
+                                          PlanRequest(ticket="disk full on db-01 and db-02", n=2)])
+    prompts = engine.calls[0][0]
+    assert (a.prompt_tokens, b.prompt_tokens) == (len(prompts[0].split()), len(prompts[1].split()))
+    assert b.prompt_tokens == a.prompt_tokens + 4
+    [plan] = _planner(ScriptedEngine([GOOD]), None).plan([PlanRequest(ticket="t", n=1)])
+    assert plan.prompt_tokens == 0  # an engine that cannot count
+
+
 def test_context_shows_reference_workflows_best_last_never_cut():
     other = NODE.model_copy(update={"id": "n-inode", "incident": "Inode exhaustion", "workflow": [],
                                     "failure_description": "x " * 400})

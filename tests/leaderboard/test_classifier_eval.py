@@ -10,10 +10,22 @@ class CountingEmbedder:
         self.seen: list[str] = []
         self.progress: list[bool] = []
 
-    def encode(self, texts, progress=False):
+    def encode(self, texts, progress=False, role="query"):
         self.seen += texts
         self.progress.append(progress)
         return np.array([[len(t), t.count("a"), 1.0] for t in texts], dtype=np.float32)
+
+
+class RoleEmbedder(CountingEmbedder):
+    """A stand-in with query/passage prefixes: the role changes the vector."""
+
+    name = "e5-small"
+    uses_roles = True
+
+    def encode(self, texts, progress=False, role="query"):
+        v = super().encode(texts, progress)
+        v[:, 2] = 1.0 if role == "query" else -1.0
+        return v
 
 
 def test_cached_embedder_encodes_each_text_once_and_persists(tmp_path):
@@ -30,6 +42,21 @@ def test_cached_embedder_encodes_each_text_once_and_persists(tmp_path):
     cached.save()
     again = CachedEmbedder(CountingEmbedder(), path)
     assert np.allclose(again.encode(texts[:10]), v[:10]) and again.embedder.seen == []
+
+
+def test_cached_vectors_never_mix_embedders_or_roles(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWROUTER_HOME", str(tmp_path / "home"))
+    minilm, e5 = CountingEmbedder(), RoleEmbedder()
+    minilm.name = "minilm"
+    a, b = CachedEmbedder(minilm), CachedEmbedder(e5)
+    assert a.path != b.path and b.path.name == "embeddings-e5-small.npz"
+    q, p = b.encode(["disk full"], role="query"), b.encode(["disk full"], role="passage")
+    assert q[0, 2] == 1.0 and p[0, 2] == -1.0 and len(e5.seen) == 2  # one vector per role
+    b.save()
+    # Another embedder reading the same file starts empty rather than reusing e5's vectors.
+    other = CachedEmbedder(CountingEmbedder(), b.path)
+    other.encode(["disk full"])
+    assert other.embedder.seen == ["disk full"]
 
 
 def test_evaluate_modes_reports_the_artefact_the_gate_and_the_llm_decided_tickets(tmp_path, monkeypatch,
@@ -100,6 +127,43 @@ def test_own_labeled_files_are_read_with_their_columns_and_unseen_test_labels_re
         load_eval_files(train, test)  # default columns text/task are absent
 
 
+def test_the_fusion_version_sees_through_the_cache_to_the_embedder(tmp_path):
+    from router import fusion
+    from tests.router.test_fusion import TASKS, NamedHashEmbedder, _cfg, _examples
+
+    ex, names, cfg = _examples(), [t.name for t in TASKS], _cfg(tmp_path)
+    e5 = NamedHashEmbedder("e5-small", uses_roles=True)
+    wrapped = CachedEmbedder(e5, tmp_path / "e5.npz", progress=False)
+    assert fusion.fusion_version(ex, names, cfg, wrapped) == fusion.fusion_version(ex, names, cfg, e5)
+    assert fusion.fusion_version(ex, names, cfg, wrapped) != \
+        fusion.fusion_version(ex, names, cfg, CachedEmbedder(NamedHashEmbedder("minilm"), tmp_path / "m.npz"))
+
+
+def test_embedder_comes_from_the_config_the_dataset_and_the_command_line(tmp_path, monkeypatch):
+    import json
+
+    from cluster.cli import main
+    from leaderboard import classifier_eval
+    from tests.router.test_fusion import HashEmbedder, _examples
+
+    assert classifier_eval.eval_config().embedder == classifier_eval.EVAL_DEFAULTS["embedder"]
+    for name, own in classifier_eval.DATASET_DEFAULTS.items():
+        assert classifier_eval.eval_config(dataset=name).embedder == own.get("embedder", "minilm")
+    assert classifier_eval.eval_config({"embedder": "e5-small"}, dataset="it-tickets").embedder == "e5-small"
+
+    asked = []
+    monkeypatch.setenv("FLOWROUTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("leaderboard.classifier_eval.get_embedder", lambda name: asked.append(name) or HashEmbedder())
+    train, test = _write_labeled(tmp_path, _examples(n_per_task=10))
+    out = tmp_path / "eval"
+    rc = main(["leaderboard", "classifier", "--train", str(train), "--test", str(test), "--text-col", "ticket",
+               "--task-col", "queue", "--modes", "retrieval", "--no-llm", "--no-plots", "--quiet", "--out", str(out),
+               "--embedder", "e5-small"])
+    assert rc == 0 and asked == ["e5-small"]
+    report = json.loads((out / "classifier_eval.json").read_text())
+    assert report["config"]["embedder"] == "e5-small" and report["embedder"]["example_role"] == "query"
+
+
 def test_service_settings_take_overrides_into_the_classifier_and_its_cascade():
     from core.config import load_config
     from leaderboard.classifier_eval import service_config
@@ -118,7 +182,7 @@ def test_cli_evaluates_the_service_settings_on_own_files(tmp_path, monkeypatch, 
     from tests.router.test_fusion import HashEmbedder, _examples
 
     monkeypatch.setenv("FLOWROUTER_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr("leaderboard.classifier_eval.shared_embedder", HashEmbedder)
+    monkeypatch.setattr("leaderboard.classifier_eval.get_embedder", lambda name: HashEmbedder())
     train, test = _write_labeled(tmp_path, _examples(n_per_task=10))
     out = tmp_path / "eval"
     rc = main(["leaderboard", "classifier", "--train", str(train), "--test", str(test), "--text-col", "ticket",

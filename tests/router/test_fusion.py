@@ -113,6 +113,35 @@ def test_learned_fusion_round_trip_and_stale_refit(tmp_path, monkeypatch):
     assert calls == [1, 1]
 
 
+class NamedHashEmbedder(HashEmbedder):
+    """HashEmbedder under a registry name, with or without query/passage roles."""
+
+    def __init__(self, name, uses_roles=False):
+        self.name, self.uses_roles = name, uses_roles
+
+
+def test_fusion_version_changes_with_the_embedder_and_a_switch_refits(tmp_path, monkeypatch):
+    ex = _examples()
+    cfg = _cfg(tmp_path)
+    minilm, e5 = NamedHashEmbedder("minilm"), NamedHashEmbedder("e5-small", uses_roles=True)
+    v_minilm = fusion.fusion_version(ex, list(WORDS), cfg, minilm)
+    v_e5 = fusion.fusion_version(ex, list(WORDS), cfg, e5)
+    assert v_minilm != v_e5
+    # The examples' role is part of it for an embedder with prefixes, not for MiniLM.
+    assert fusion.fusion_version(ex, list(WORDS), cfg, e5, "passage") != v_e5
+    assert fusion.fusion_version(ex, list(WORDS), cfg, minilm, "passage") == v_minilm
+
+    calls = []
+    real_fit = fusion.fit_fusion
+    monkeypatch.setattr(fusion, "fit_fusion", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    first = TaskClassifier(cfg, TASKS, ExampleIndex(ex, minilm), None)
+    TaskClassifier(cfg, TASKS, ExampleIndex(ex, minilm), None)
+    switched = TaskClassifier(cfg, TASKS, ExampleIndex(ex, e5), None)
+    assert calls == [1, 1] and switched.fusion.version == v_e5 != first.fusion.version == v_minilm
+    manifest = json.loads((tmp_path / "artefact" / "manifest.json").read_text())
+    assert manifest["embedder"] == "e5-small:32:query"
+
+
 def test_tampered_manifest_is_not_used(tmp_path):
     emb = HashEmbedder()
     ex = _examples()

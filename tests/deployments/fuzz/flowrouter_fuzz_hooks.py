@@ -7,6 +7,8 @@ or invalid as it was generated, but make the valid ones stop before any model ru
 * ticket bodies get a valid `id` that is already taken (the seed ticket): 409 after validation,
   size and expert checks, before anything is recorded or computed;
 * chat completions get a valid but unknown `model`: 404 after validation;
+* Alertmanager notifications get their valid alerts marked `resolved`: a resolved alert only marks a
+  ticket it already has (none here), so nothing is queued;
 * about half of the ticket-id path parameters name the seed ticket, so GET /v1/tickets/{id} and the
   feedback endpoint are fuzzed on a real ticket, not only on 404s.
 Validation of every field, the error paths and the response schemas are still fuzzed in full.
@@ -43,6 +45,10 @@ def before_call(context, case, kwargs):
     elif path == "/v1/tickets/batch" and isinstance(case.body, dict) and isinstance(case.body.get("tickets"), list):
         for t in case.body["tickets"]:
             _pin_id(t)
+    elif path == "/v1/alerts/alertmanager" and isinstance(case.body, dict) and isinstance(case.body.get("alerts"), list):
+        for alert in case.body["alerts"]:
+            if isinstance(alert, dict) and alert.get("status") == "firing":
+                alert["status"] = "resolved"
     elif path == "/v1/chat/completions" and isinstance(case.body, dict):
         model = case.body.get("model")
         if "model" not in case.body or (isinstance(model, str) and len(model) <= 100):
