@@ -54,13 +54,19 @@ clean-venv:
 # ---- ticket floods: Locust patterns judged against SLO files, and the flood benchmark ----
 # Each uses the service at 127.0.0.1:8000 if one answers, else starts one for the run (LOAD_ARGS/BENCH_ARGS
 # pass options, e.g. LOAD_ARGS="--url http://127.0.0.1:8123 --duration 60s").
-.PHONY: load-storm load-flood bench-flood
+.PHONY: load-storm load-flood load-mixed chaos bench-flood
 
 load-storm: $(STAMP)  ## Locust alert storm (near-duplicates, sync) + verdict against load_tests/slo/storm.yaml
 	$(BIN)/python -m load_tests.run storm $(LOAD_ARGS)
 
 load-flood: $(STAMP)  ## Locust diverse flood (distinct tickets, async) + verdict against load_tests/slo/flood.yaml
 	$(BIN)/python -m load_tests.run flood $(LOAD_ARGS)
+
+load-mixed: $(STAMP)  ## Locust idle tickets, then low-severity flood with ~7% critical + verdict against load_tests/slo/mixed.yaml
+	$(BIN)/python -m load_tests.run mixed $(LOAD_ARGS)
+
+chaos: $(STAMP)  ## async flood while Planner/Scorer replicas are SIGKILLed and a map is published; checks nothing is lost
+	$(BIN)/python -m load_tests.chaos $(CHAOS_ARGS)
 
 bench-flood: $(STAMP)  ## sequential baseline vs FlowRouter under concurrency (figures for docs/benchmarks.md)
 	$(BIN)/python -m load_tests.bench_flood --json runs/bench-flood.json $(BENCH_ARGS)

@@ -28,7 +28,18 @@ class LoraSettings(_Strict):
                                                   "Llama/Gemma-style models).")
 
 
-class PlannerRLConfig(_Strict):
+class StageSettings(_Strict):
+    """What every trl training stage shares."""
+
+    learning_rate: float = Field(default=5e-5, gt=0, le=1, description="AdamW learning rate of the adapter.")
+    activation_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations during the backward pass instead of keeping them (trl turns it on "
+                    "by default; transformers' gradient_checkpointing): less memory for long sequences or big models on a GPU, at the cost of a "
+                    "second forward pass; off for the small CPU models, where memory is not the limit.")
+
+
+class PlannerRLConfig(StageSettings):
     """Planner reinforcement learning: the Scorer's five-dimension score is the reward."""
 
     algorithm: Literal["grpo"] = Field(
@@ -46,7 +57,6 @@ class PlannerRLConfig(_Strict):
                             "that sampled, and the clipped importance ratio takes effect.")
     max_completion_length: int = Field(default=64, ge=8, le=2048, description="Tokens per completion.")
     temperature: float = Field(default=0.9, gt=0, le=2, description="Sampling temperature of the rollouts.")
-    learning_rate: float = Field(default=5e-5, gt=0, le=1, description="AdamW learning rate of the adapter.")
     beta: float = Field(default=0.04, ge=0, le=1, description="KL coefficient to the reference policy (trl's "
                                                                "default is 0, which drops the KL term).")
     epsilon: float = Field(default=0.2, gt=0, le=1, description="PPO clip range of the importance ratio.")
@@ -63,7 +73,7 @@ class PlannerRLConfig(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Planner adapter.")
 
 
-class ScorerDPOConfig(_Strict):
+class ScorerDPOConfig(StageSettings):
     """Scorer preference tuning on synthesized good / fair / poor workflows (and operator feedback)."""
 
     algorithm: Literal["dpo"] = Field(default="dpo", description="Direct Preference Optimization (trl "
@@ -73,7 +83,6 @@ class ScorerDPOConfig(_Strict):
     batch_size: int = Field(default=2, ge=1, le=64, description="Preference rows per optimizer step.")
     beta: float = Field(default=0.1, gt=0, le=10, description="DPO temperature (strength of the implicit KL "
                                                              "to the reference Scorer).")
-    learning_rate: float = Field(default=5e-5, gt=0, le=1, description="AdamW learning rate of the adapter.")
     max_length: int = Field(default=768, ge=64, le=8192, description="Longest prompt+answer in tokens; longer "
                                                                      "rows are left out, never truncated.")
     dimensions_per_pair: int = Field(default=1, ge=1, le=5, description="Scorer dimensions each workflow pair "

@@ -2,6 +2,7 @@
 
     python -m load_tests.run storm            # make load-storm
     python -m load_tests.run flood            # make load-flood
+    python -m load_tests.run mixed            # make load-mixed: idle tickets, then the mixed-severity flood
     python -m load_tests.run storm --url http://127.0.0.1:8000 --duration 60s --users 10
 
 Without --url it uses the service at http://127.0.0.1:8000 when one answers, else starts one with
@@ -30,7 +31,19 @@ PATTERNS = {
     # Users stay under the default per-address limit of open mode (auth.public_rate_per_minute: 1200).
     "storm": {"file": "locustfile_storm.py", "users": 12, "spawn_rate": 5, "duration": "180s"},
     "flood": {"file": "locustfile_flood.py", "users": 4, "spawn_rate": 4, "duration": "240s"},
+    # The mixed run times itself: an idle phase of unknown length, then --duration of flood; Locust's -t adds
+    # `idle_budget_s` so it only caps a run that hangs.
+    "mixed": {"file": "locustfile_mixed.py", "users": 30, "spawn_rate": 10, "duration": "180s",
+              "duration_env": "FLOWROUTER_MIXED_FLOOD_S", "idle_budget_s": 600},
 }
+
+
+def locust_run_time(pattern: str, duration: str) -> tuple[str, dict]:
+    """Locust's -t and the environment for a pattern: self-timed patterns get the flood length as env."""
+    spec = PATTERNS[pattern]
+    if "duration_env" not in spec:
+        return duration, {}
+    return f"{_seconds(duration) + spec['idle_budget_s']}s", {spec["duration_env"]: str(_seconds(duration))}
 
 
 def _free_port() -> int:
@@ -85,12 +98,13 @@ def run_locust(pattern: str, url: str, users: int, spawn_rate: float, duration: 
     require_loopback(url)
     spec = PATTERNS[pattern]
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    run_time, timing_env = locust_run_time(pattern, duration)
     cmd = [sys.executable, "-m", "locust", "-f", str(Path(__file__).parent / spec["file"]), "--headless",
-           "-u", str(users), "-r", str(spawn_rate), "-t", duration, "--host", url, "--csv", str(prefix),
+           "-u", str(users), "-r", str(spawn_rate), "-t", run_time, "--host", url, "--csv", str(prefix),
            "--only-summary", "--stop-timeout", "30", "--exit-code-on-error", "0"]
     print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **(env or {})),
-                          timeout=_seconds(duration) + 180)
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **timing_env, **(env or {})),
+                          timeout=_seconds(run_time) + 180)
     return proc.returncode
 
 
@@ -101,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="config for a service this run starts")
     ap.add_argument("--users", type=int)
     ap.add_argument("--spawn-rate", type=float)
-    ap.add_argument("--duration", help="Locust -t, e.g. 90s or 3m")
+    ap.add_argument("--duration", help="Locust -t, e.g. 90s or 3m (mixed: the flood after the idle phase)")
     ap.add_argument("--slo", help="SLO YAML (default load_tests/slo/<pattern>.yaml)")
     ap.add_argument("--out", help="CSV folder (default runs/load/<pattern>-<time>)")
     args = ap.parse_args(argv)

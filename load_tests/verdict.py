@@ -11,7 +11,13 @@ The SLO file (see load_tests/slo/*.yaml) lists objectives per Locust entry name:
         max_reject_share: 0.2  # clean 429/503 refusals, counted by the Locust files as "<name> [rejected]",
                                # divided by all attempts (accepted + rejected)
     max_total_error_rate: 0.01  # over every entry, optional
+    ratios:                     # one entry's statistic against another's, from the same run
+      - name: critical p95 / idle p50
+        numerator: {entry: "POST /v1/tickets (mixed critical)", stat: p95_ms}
+        denominator: {entry: "idle single ticket", stat: p50_ms}
+        max: 2.0
 A missing entry counts as zero requests. Percentiles and error rates of an entry cover accepted requests only.
+A ratio whose entries have no requests fails (there is nothing to compare).
 """
 
 from __future__ import annotations
@@ -76,7 +82,26 @@ def judge(stats: dict[str, dict], slo: dict) -> list[tuple[bool, str]]:
         rate = fails / n if n else 0.0
         lines.append((rate <= slo["max_total_error_rate"],
                       f"all requests: error rate {rate:.3f} ({fails:.0f}/{n:.0f}) <= {slo['max_total_error_rate']}"))
+    for r in slo.get("ratios") or []:
+        lines.append(judge_ratio(stats, r))
     return lines
+
+
+def _stat(stats: dict[str, dict], ref: dict) -> tuple[float, float]:
+    """(value, requests) of `{entry, stat}`; stat is p50_ms/p95_ms/p99_ms."""
+    row = stats.get(ref["entry"])
+    return _num(row, PCTS[ref["stat"]]), _num(row, "Request Count")
+
+
+def judge_ratio(stats: dict[str, dict], r: dict) -> tuple[bool, str]:
+    """numerator / denominator <= max, each side a percentile of one entry."""
+    num, n_num = _stat(stats, r["numerator"])
+    den, n_den = _stat(stats, r["denominator"])
+    name = r.get("name") or f"{r['numerator']['entry']} / {r['denominator']['entry']}"
+    if not n_num or not n_den or not den > 0:
+        return False, f"{name}: no data ({n_num:.0f} and {n_den:.0f} requests) <= {r['max']}"
+    ratio = num / den
+    return ratio <= r["max"], (f"{name}: {num:.0f} ms / {den:.0f} ms = ratio {ratio:.2f} <= {r['max']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,15 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def gemma():
+    """The real Gemma 3 270M base on the transformers engine (1 thread, no chat template)."""
+    from experts.engines.transformers_engine import TransformersEngine
+    from experts.engines.weights import resolve_weights
+
+    return TransformersEngine(resolve_weights("gemma3-270m"), chat=False, threads=1)
+
+
+@pytest.fixture(scope="session")
 def embedder():
     from core.embeddings import shared_embedder
 

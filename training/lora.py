@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from core.training_config import LoraSettings
+from core.training_config import LoraSettings, StageSettings
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -41,9 +41,10 @@ def trainable_model(weights: str | Path, init_adapter: str | None, lora: LoraSet
     return get_peft_model(model, cfg)
 
 
-def common_args(out_dir: str, seed: int, steps: int, learning_rate: float) -> dict:
+def common_args(out_dir: str, seed: int, steps: int, stage: StageSettings) -> dict:
     """TrainingArguments shared by both stages: no checkpoints, no external loggers, log every step."""
-    return dict(output_dir=out_dir, seed=seed, data_seed=seed, max_steps=steps, learning_rate=learning_rate,
+    return dict(output_dir=out_dir, seed=seed, data_seed=seed, max_steps=steps, learning_rate=stage.learning_rate,
+                activation_checkpointing=stage.activation_checkpointing,
                 lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no",
                 report_to="none", use_cpu=device() == "cpu", bf16=False, fp16=False, disable_tqdm=True,
                 dataloader_num_workers=0, gradient_accumulation_steps=1)

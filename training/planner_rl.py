@@ -66,7 +66,7 @@ def train_planner(*, weights: str | Path, init_adapter: str | None, out_dir: str
     rec = recorder(stage, total, progress)
     with tempfile.TemporaryDirectory(prefix="grpo-") as tmp:
         args = GRPOConfig(
-            **common_args(tmp, seed, total, cfg.learning_rate),
+            **common_args(tmp, seed, total, cfg),
             per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
             num_generations=cfg.num_generations,
             num_iterations=cfg.ppo_epochs,

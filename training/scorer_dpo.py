@@ -180,7 +180,7 @@ def train_scorer(*, weights: str | Path, init_adapter: str | None, out_dir: str 
     data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
                               for r in rows])
     with tempfile.TemporaryDirectory(prefix="dpo-") as tmp:
-        args = DPOConfig(**common_args(tmp, seed, total, cfg.learning_rate),
+        args = DPOConfig(**common_args(tmp, seed, total, cfg),
                          per_device_train_batch_size=cfg.batch_size, beta=cfg.beta, max_length=cfg.max_length,
                          truncation_mode="keep_start")
         trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[rec])

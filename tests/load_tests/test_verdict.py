@@ -57,7 +57,7 @@ def _write(tmp_path, slo):
     return p
 
 
-@pytest.mark.parametrize("name", ["storm.yaml", "flood.yaml"])
+@pytest.mark.parametrize("name", ["storm.yaml", "flood.yaml", "mixed.yaml"])
 def test_slo_files_are_complete(name):
     slo = yaml.safe_load((SLO_DIR / name).read_text())
     assert slo["rationale"].strip()
@@ -99,3 +99,43 @@ def test_diverse_tickets_are_distinct_and_span_topics(rows):
     assert len(topics) >= 6
     body = data.to_ticket(picked[0])
     assert 0 < len(body["title"]) <= 200 and len(body["description"]) <= 1500
+
+
+RATIO_SLO = {"ratios": [{"name": "critical p95 / idle p50", "max": 2.0,
+                         "numerator": {"entry": "POST /v1/tickets (mixed critical)", "stat": "p95_ms"},
+                         "denominator": {"entry": "idle single ticket", "stat": "p50_ms"}}]}
+
+
+def test_ratio_objective(tmp_path):
+    ok = _csv(tmp_path, [("POST /v1/tickets (mixed critical)", 10, 0, 20000, 39000, 40000),
+                         ("idle single ticket", 3, 0, 20000, 21000, 21000)])
+    [(passed, line)] = verdict.judge(verdict.read_stats(ok), RATIO_SLO)
+    assert passed and "ratio 1.95" in line
+    bad = _csv(tmp_path, [("POST /v1/tickets (mixed critical)", 10, 0, 20000, 106000, 113000),
+                          ("idle single ticket", 3, 0, 20000, 32000, 32000)])
+    [(passed, line)] = verdict.judge(verdict.read_stats(bad), RATIO_SLO)
+    assert not passed and "106000 ms / 20000 ms = ratio 5.30" in line
+    assert verdict.main([str(bad), str(_write(tmp_path, RATIO_SLO))]) == 1
+
+
+def test_ratio_without_data_fails(tmp_path):
+    only_idle = _csv(tmp_path, [("idle single ticket", 3, 0, 20000, 21000, 21000)])
+    [(passed, line)] = verdict.judge(verdict.read_stats(only_idle), RATIO_SLO)
+    assert not passed and "no data" in line
+
+
+def test_mixed_slo_judges_critical_tickets_on_their_own():
+    slo = yaml.safe_load((SLO_DIR / "mixed.yaml").read_text())
+    critical = slo["endpoints"]["POST /v1/tickets (mixed critical)"]
+    assert critical["max_reject_share"] == 0.0 and critical["max_error_rate"] == 0.0
+    [ratio] = slo["ratios"]
+    assert ratio["max"] == 2.0 and ratio["numerator"]["stat"] == "p95_ms" and ratio["denominator"]["stat"] == "p50_ms"
+    assert ratio["denominator"]["entry"] in slo["endpoints"] and ratio["numerator"]["entry"] in slo["endpoints"]
+
+
+def test_run_times_the_mixed_pattern_itself():
+    from load_tests.run import locust_run_time
+
+    assert locust_run_time("storm", "60s") == ("60s", {})
+    run_time, env = locust_run_time("mixed", "2m")
+    assert env == {"FLOWROUTER_MIXED_FLOOD_S": "120"} and int(run_time[:-1]) > 120

@@ -27,11 +27,7 @@ def test_shared_prefill_matches_greedy_on_a_left_padded_batch(smollm2):
 
 
 @pytest.mark.slow
-def test_shared_prefill_on_gemma_past_its_sliding_window():
-    from experts.engines.transformers_engine import TransformersEngine
-    from experts.engines.weights import resolve_weights
-
-    gemma = TransformersEngine(resolve_weights("gemma3-270m"), chat=False, threads=1)
+def test_shared_prefill_on_gemma_past_its_sliding_window(gemma):
     window = gemma.model.config.sliding_window
     context = " ".join(f"line {i}: disk usage on db-{i % 7} reached {60 + i % 40}%." for i in range(120))
     prompt = gemma.format_prompt("Incident log.", context, "Steps:\n1.")
