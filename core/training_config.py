@@ -34,9 +34,10 @@ class StageSettings(_Strict):
     learning_rate: float = Field(default=5e-5, gt=0, le=1, description="AdamW learning rate of the adapter.")
     activation_checkpointing: bool = Field(
         default=False,
-        description="Recompute activations during the backward pass instead of keeping them (trl turns it on "
-                    "by default; transformers' gradient_checkpointing): less memory for long sequences or big models on a GPU, at the cost of a "
-                    "second forward pass; off for the small CPU models, where memory is not the limit.")
+        description="Recompute activations during the backward pass instead of keeping them (trl turns it on by "
+                    "default; transformers' gradient_checkpointing): less memory for long sequences or big models "
+                    "on a GPU, at the cost of a second forward pass; off for the small CPU models, where memory "
+                    "is not the limit.")
 
 
 class PlannerRLConfig(StageSettings):
