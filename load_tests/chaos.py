@@ -11,10 +11,11 @@ accepted ticket (200/202) is polled until it is terminal (--drain-timeout); one 
 record is gone, is lost. The published map is rolled back at the end (--keep-map leaves it live), and the run
 waits until the killed deployments have their replicas back.
 
-Replica processes are found under the service's own server process (`server-<port>.json` in --state-dir, default
-$FLOWROUTER_HOME/state), never by name across the machine. Without --url the service on :8000 is used when one
-answers, else one is started for the run (load_tests/run.py). FLOWROUTER_API_KEY / FLOWROUTER_ADMIN_KEY are sent
-to a service in `auth.mode: keys`. Prints the verdict and `lost: N`; the exit status is 1 when an objective is missed.
+Replica processes are found under the service's own server process (`server-<port>.json` in --state-dir, by
+default the config's serve.state_dir, else $FLOWROUTER_HOME/state), never by name across the machine. Without
+--url the service on :8000 is used when one answers, else one is started for the run (load_tests/run.py).
+FLOWROUTER_API_KEY / FLOWROUTER_ADMIN_KEY are sent to a service in `auth.mode: keys`. Prints the verdict and
+`lost: N`; the exit status is 1 when an objective is missed.
 """
 
 from __future__ import annotations
@@ -33,14 +34,43 @@ from pathlib import Path
 
 import httpx
 
+from core.config import load_config
+from core.paths import cache_dir
+from load_tests.bench_flood import pct
 from load_tests.data import REPO, DataUnavailable, diverse, load_rows, run_nonce, to_ticket
 
 TERMINAL = ("done", "failed")
 KILL_TARGETS = ("planner-", "scorer")  # deployment name prefixes, as deployments/app.py names them
 
 
-def default_state_dir() -> Path:
-    return Path(os.environ.get("FLOWROUTER_HOME") or Path.home() / ".cache" / "flowrouter") / "state"
+def default_state_dir(config: str | None = None) -> Path:
+    """Where the service's server-<port>.json lives: `serve.state_dir` of the config, else <cache>/state."""
+    return Path(load_config(config).serve.state_dir or cache_dir() / "state")
+
+
+def server_pid(state_dir: Path, url: str) -> int:
+    """The pid of the service's own server process, from the `server-<port>.json` it wrote at start."""
+    port = url.rstrip("/").rsplit(":", 1)[-1].split("/")[0]
+    path = Path(state_dir) / f"server-{port}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: is the service at {url} started from this machine? "
+                         "pass the state dir it uses with --state-dir")
+    return int(json.loads(path.read_text())["pid"])
+
+
+def serve_replicas(root_pid: int, prefix: str) -> list:
+    """psutil processes of this server's Serve replicas whose deployment name starts with `prefix`."""
+    import psutil
+
+    tag = f"ServeReplica:flowrouter:{prefix}"
+    out = []
+    for p in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if any(tag in part for part in p.cmdline()[:1]) or tag in p.name():
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
 
 
 def chaos_map(live: dict, version: str) -> dict:
@@ -66,13 +96,6 @@ def kill_rounds_expected(duration_s: float, interval_s: float) -> int:
     return max(0, int((duration_s - 1e-9) // interval_s)) if interval_s > 0 else 0
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
-
-
 def judge(summary: dict, max_submit_p95_ms: float = 3000) -> list[tuple[bool, str]]:
     """[(passed, line)]: nothing lost or failed, the chaos really happened, submitting stayed clean and quick."""
     s = summary
@@ -82,7 +105,8 @@ def judge(summary: dict, max_submit_p95_ms: float = 3000) -> list[tuple[bool, st
         (s["lost"] == 0, f"lost (accepted, never terminal) {s['lost']} == 0"),
         (s["failed"] == 0, f"failed (terminal, status failed) {s['failed']} == 0"),
         (s["errors"] == 0, f"submit errors (no HTTP answer, 5xx, refusal without Retry-After) {s['errors']} == 0"),
-        (p95 == p95 and p95 <= max_submit_p95_ms, f"submit p95 {p95:.0f} ms <= {max_submit_p95_ms:.0f} ms"),
+        (p95 is not None and p95 <= max_submit_p95_ms,
+         f"submit p95 {'-' if p95 is None else f'{p95:.0f}'} ms <= {max_submit_p95_ms:.0f} ms"),
         (s["kill_rounds"] >= s["kill_rounds_expected"] and all(s["kills"].get(k, 0) >= s["kill_rounds_expected"]
                                                             for k in KILL_TARGETS),
          f"kill rounds {s['kill_rounds']} >= {s['kill_rounds_expected']} (SIGKILLed: {s['kills']})"),
@@ -113,25 +137,10 @@ class Chaos:
         self.stop = threading.Event()
 
     # ---- the service's own replica processes -------------------------------------------------------
-    def server_pid(self) -> int:
-        port = self.url.rsplit(":", 1)[-1].split("/")[0]
-        info = json.loads((self.state_dir / f"server-{port}.json").read_text())
-        return int(info["pid"])
-
     def replicas(self) -> dict[str, list]:
         """{target prefix: [psutil.Process]} of this service's planner and scorer replicas."""
-        import psutil
-
-        out: dict[str, list] = {k: [] for k in KILL_TARGETS}
-        for p in psutil.Process(self.server_pid()).children(recursive=True):
-            try:
-                name = " ".join(p.cmdline()[:1]) or p.name()
-            except psutil.Error:
-                continue
-            for k in KILL_TARGETS:
-                if f"ServeReplica:flowrouter:{k}" in name:
-                    out[k].append(p)
-        return out
+        root = server_pid(self.state_dir, self.url)
+        return {k: serve_replicas(root, k) for k in KILL_TARGETS}
 
     def kill_round(self) -> None:
         found = self.replicas()
@@ -255,7 +264,7 @@ class Chaos:
         return {"accepted": len(self.accepted), "refused": self.refused, "errors": self.errors,
                 "done": sum(1 for s in final.values() if s == "done"),
                 "failed": sum(1 for s in final.values() if s == "failed"), "lost": len(lost), "lost_ids": lost,
-                "submit_p50_ms": percentile(self.submit_ms, 0.5), "submit_p95_ms": percentile(self.submit_ms, 0.95),
+                "submit_p50_ms": pct(self.submit_ms, 50), "submit_p95_ms": pct(self.submit_ms, 95),
                 "kills": dict(self.kills), "kill_rounds": self.kill_rounds,
                 "kill_rounds_expected": kill_rounds_expected(self.duration_s, self.kill_interval_s),
                 "kill_log": self.kill_log, "replicas_before": before, "recovered": recovered,
@@ -280,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", help="FlowRouter base URL on 127.0.0.1 (default: :8000 or start one)")
     ap.add_argument("--config", help="config for a service this run starts")
-    ap.add_argument("--state-dir", help="the service's state dir (default $FLOWROUTER_HOME/state)")
+    ap.add_argument("--state-dir",
+                    help="the service's state dir (default: serve.state_dir of --config, else $FLOWROUTER_HOME/state)")
     ap.add_argument("--duration", type=float, default=180, help="seconds of load and chaos (default 180)")
     ap.add_argument("--kill-interval", type=float, default=60, help="seconds between kill rounds (default 60)")
     ap.add_argument("--submit-every", type=float, default=3, help="seconds between async submissions (default 3)")
@@ -298,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     service = Service(args.url, args.config)
     try:
-        chaos = Chaos(service.url, Path(args.state_dir) if args.state_dir else default_state_dir(), args.duration,
+        chaos = Chaos(service.url, Path(args.state_dir) if args.state_dir else default_state_dir(args.config), args.duration,
                       args.kill_interval, args.submit_every, args.max_tickets, args.candidates)
         texts = [f"{t} ref {chaos.nonce}" for t in texts]
         summary = chaos.run(texts, args.drain_timeout, keep_map=args.keep_map)

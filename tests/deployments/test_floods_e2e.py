@@ -17,6 +17,8 @@ import psutil
 import pytest
 import yaml
 
+from load_tests.chaos import serve_replicas
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 EXPERT = "smollm2-generalist"
@@ -39,16 +41,7 @@ class FloodService:
 
     def replica_processes(self, deployment: str) -> list[psutil.Process]:
         """This service's replica worker processes of one deployment (never another engineer's)."""
-        root = psutil.Process(self.info()["pid"])
-        tag = f"ServeReplica:flowrouter:{deployment}"
-        out = []
-        for p in root.children(recursive=True):
-            try:
-                if any(tag in part for part in p.cmdline()[:1]) or tag in p.name():
-                    out.append(p)
-            except psutil.Error:
-                pass
-        return out
+        return serve_replicas(self.info()["pid"], deployment)
 
     def wait_healthy(self, timeout=300):
         deadline = time.time() + timeout

@@ -1,7 +1,11 @@
 """The pure pieces of the chaos run: the map it publishes, what counts as lost, how kills are judged."""
 
-import math
+import json
 
+import pytest
+import yaml
+
+from core.config import DEFAULT_CONFIG, resolve_paths
 from load_tests import chaos
 
 LIVE = {"current": {"version": "starter-1", "fallback": "a", "routes": {"network": "a", "storage": "b"}},
@@ -40,10 +44,21 @@ def test_kill_rounds_expected():
     assert chaos.kill_rounds_expected(50, 0) == 0
 
 
-def test_percentile():
-    assert chaos.percentile([3, 1, 2], 0.5) == 2
-    assert chaos.percentile([1, 2, 3, 4], 0.95) == 4
-    assert math.isnan(chaos.percentile([], 0.5))
+def test_server_pid_names_the_missing_file(tmp_path):
+    (tmp_path / "server-8123.json").write_text(json.dumps({"pid": 4242}))
+    assert chaos.server_pid(tmp_path, "http://127.0.0.1:8123") == 4242
+    with pytest.raises(SystemExit, match="server-8124.json.*--state-dir"):
+        chaos.server_pid(tmp_path, "http://127.0.0.1:8124/")
+
+
+def test_default_state_dir_follows_the_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWROUTER_HOME", str(tmp_path))
+    assert chaos.default_state_dir() == tmp_path / "state"
+    raw = resolve_paths(yaml.safe_load(DEFAULT_CONFIG.read_text()), DEFAULT_CONFIG.parent)
+    raw["serve"]["state_dir"] = str(tmp_path / "elsewhere")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert chaos.default_state_dir(str(cfg)) == tmp_path / "elsewhere"
 
 
 def test_judge_passes_a_clean_run_and_names_each_miss():
@@ -54,7 +69,7 @@ def test_judge_passes_a_clean_run_and_names_each_miss():
     for what, s in cases.items():
         failed = [line for ok, line in chaos.judge(s) if not ok]
         assert len(failed) == 1 and failed[0].startswith(what), (what, failed)
-    assert not all(ok for ok, _ in chaos.judge(_summary(submit_p95_ms=float("nan"))))
+    assert not all(ok for ok, _ in chaos.judge(_summary(submit_p95_ms=None)))
 
 
 def test_report_prints_lost(capsys):
