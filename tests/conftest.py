@@ -239,6 +239,43 @@ def service(tmp_path_factory, team_runbooks):
         yield svc
 
 
+SLIM_EXPERT = "smollm2-generalist"
+# Tight admission limits make 10x the sustainable rate cheap to produce on 2 cores; the short heartbeat makes
+# a crashed ingress's tickets come back in seconds (tests/deployments/test_floods_e2e.py).
+SLIM_FLOOD_LIMITS = {"max_inflight_tickets": 2, "max_waiting_tickets": 2, "max_async_backlog": 5, "async_workers": 4,
+                     "heartbeat_s": 2, "stale_after_s": 8, "retry_after_s": 2, "max_attempts": 8, "max_wait_s": 300}
+
+
+@pytest.fixture(scope="session")
+def slim_service(tmp_path_factory):
+    """One Planner expert, one Scorer replica, best-of-1 with 48-token workflows, tight admission limits,
+    access control on: for tests that flood the service, crash its replicas or change what it serves
+    (publishing experts and maps), where routing and robustness are tested and workflow quality is not.
+    Tests on it leave the map as they found it; experts they deploy may stay deployed."""
+    import yaml
+
+    from router.examples import load_tasks
+
+    work = tmp_path_factory.mktemp("slim")
+
+    def configure(cfg):
+        tasks = [t.name for t in load_tasks(cfg.tasks.tasks)]
+        cfg.experts = [cfg.expert(SLIM_EXPERT)]
+        cfg.scorer.model.replicas = 1
+        cfg.planner.max_new_tokens = 48
+        cfg.planner.candidates = 1
+        cfg.flood = cfg.flood.model_copy(update=SLIM_FLOOD_LIMITS)
+        # Serve's own bounds are tight too, so its proxy-level 503 (with Retry-After) is exercised.
+        cfg.serve.max_ongoing_requests = 8
+        cfg.serve.max_queued_requests = 4
+        (work / "map.yaml").write_text(yaml.safe_dump({"version": "slim-1", "routes": {t: SLIM_EXPERT for t in tasks},
+                                                       "fallback": SLIM_EXPERT, "source": "tests/conftest.py"}))
+        cfg.map = str(work / "map.yaml")
+
+    with start_service(work, configure, keys={"admin": ("slim-admin", 0), "ticket": ("slim-ticket", 0)}) as svc:
+        yield svc
+
+
 @pytest.fixture(scope="session")
 def service_factory():
     """`start_service` for module fixtures that need a service of their own shape."""

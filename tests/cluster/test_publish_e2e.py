@@ -1,6 +1,6 @@
 """End to end: a trained adapter that wins its gate goes live on a running service, one that loses does not.
 
-A small service (one Planner expert, one Scorer replica) is started through `flowrouter serve`; a
+It runs on the session `slim_service` (one Planner expert, one Scorer replica, started through `flowrouter serve`); a
 real adapter is trained (one tiny GRPO step); the gate's verdict is fixed by the metrics handed to
 `publish` so both branches are exercised deterministically. While the new expert is deployed and the
 map switched, tickets keep flowing and none may fail; afterwards tickets route to the new expert;
@@ -14,28 +14,10 @@ import time
 
 import httpx
 import pytest
-import yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
-TASKS = ("network", "database", "kubernetes", "storage", "access", "hardware", "application", "security")
 TICKET = {"title": "Disk almost full on node-3", "description": "root filesystem at 95% and growing"}
-
-
-@pytest.fixture(scope="module")
-def small_service(tmp_path_factory, service_factory):
-    d = tmp_path_factory.mktemp("svc")
-
-    def configure(cfg):
-        cfg.experts = [cfg.expert("smollm2-generalist")]
-        (d / "map.yaml").write_text(yaml.safe_dump({"version": "one-expert", "fallback": "smollm2-generalist",
-                                                    "routes": {t: "smollm2-generalist" for t in TASKS}}))
-        cfg.map = str(d / "map.yaml")
-        cfg.scorer.model.replicas = 1
-        cfg.planner.max_new_tokens = 48
-
-    with service_factory(d, configure) as svc:
-        yield svc.cfg, svc.url
 
 
 @pytest.fixture(scope="module")
@@ -68,23 +50,25 @@ def _metrics(serving_f1, candidate_f1, planner_adapter):
                           "scorer_adapter": None}}
 
 
-def _ticket(url):
-    return httpx.post(f"{url}/v1/tickets", params={"candidates": 1, "cache": "false"}, json=TICKET, timeout=600)
+def _ticket(svc):
+    return svc.post("/v1/tickets", params={"candidates": 1, "cache": "false"}, json=TICKET, timeout=600,
+                    headers={"Authorization": f"Bearer {svc.keys['ticket']}"})
 
 
-def test_loser_changes_nothing_winner_goes_live_and_rolls_back(small_service, adapter):
+def test_loser_changes_nothing_winner_goes_live_and_rolls_back(slim_service, adapter):
     from cluster.publish import ServicePublisher
     from training.gate import decide, publish
 
-    cfg, url = small_service
-    pub = ServicePublisher(cfg)
+    svc = slim_service
+    cfg = svc.cfg
+    pub = ServicePublisher(cfg, api_key=svc.keys["admin"])
     pub.check()
     serving = cfg.expert("smollm2-generalist")
-    before = httpx.get(f"{url}/v1/map").json()["current"]
+    before = svc.get("/v1/map").json()["current"]
 
     # The adapter does not beat the serving one: nothing is deployed, the map stays.
     report = publish([decide(serving, _metrics(50.0, 49.0, adapter))], pub)
-    assert report.deployed == [] and httpx.get(f"{url}/v1/map").json()["current"]["version"] == before["version"]
+    assert report.deployed == [] and svc.get("/v1/map").json()["current"]["version"] == before["version"]
 
     # It wins: deployed as smollm2-generalist-v7, the map switches, while tickets keep flowing.
     failures, done, stop = [], [], threading.Event()
@@ -92,7 +76,7 @@ def test_loser_changes_nothing_winner_goes_live_and_rolls_back(small_service, ad
     def stream():
         while not stop.is_set():
             try:
-                r = _ticket(url)
+                r = _ticket(svc)
                 if r.status_code == 200:
                     done.append(r.json()["expert"])
                 else:
@@ -111,14 +95,14 @@ def test_loser_changes_nothing_winner_goes_live_and_rolls_back(small_service, ad
     assert report.deployed == ["smollm2-generalist-v7"] and report.previous_map == before["version"]
     assert not failures, f"requests failed while the new expert was deployed: {failures}"
     assert done, "no ticket completed during the switch"
-    health = httpx.get(f"{url}/healthz").json()
-    assert set(health["experts"]) == {"smollm2-generalist", "smollm2-generalist-v7"}
-    live = httpx.get(f"{url}/v1/map").json()["current"]
+    health = svc.get("/healthz").json()
+    assert {"smollm2-generalist", "smollm2-generalist-v7"} <= set(health["experts"])
+    live = svc.get("/v1/map").json()["current"]
     assert live["version"] == report.map_version and set(live["routes"].values()) == {"smollm2-generalist-v7"}
-    r = _ticket(url)
+    r = _ticket(svc)
     assert r.status_code == 200 and r.json()["expert"] == "smollm2-generalist-v7"
 
     # The beaten expert is still deployed: rollback routes to it again at once.
-    assert httpx.post(f"{url}/v1/map/rollback").status_code == 200
-    r = _ticket(url)
+    assert svc.post("/v1/map/rollback", timeout=60).status_code == 200
+    r = _ticket(svc)
     assert r.status_code == 200 and r.json()["expert"] == "smollm2-generalist"

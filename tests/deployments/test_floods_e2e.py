@@ -1,8 +1,8 @@
 """Ticket floods against the real service: overload, metrics, and a replica crash mid-flood.
 
-These run on their own small service (one expert, one scorer replica, 48-token workflows, tight
-admission limits, short heartbeats), started through the CLI like the session `service`: the tight
-limits make 10x the sustainable rate cheap to produce on 2 cores, and the short heartbeat makes a
+These run on the session `slim_service` (one expert, one scorer replica, 48-token workflows, tight
+admission limits, short heartbeats, tests/conftest.py), started through the CLI like the session `service`:
+the tight limits make 10x the sustainable rate cheap to produce on 2 cores, and the short heartbeat makes a
 crashed ingress's tickets come back in seconds. Coalescing, the cache and async mode are checked on
 the session `service` (tests/deployments/test_sharing_e2e.py).
 """
@@ -15,26 +15,27 @@ import time
 import httpx
 import psutil
 import pytest
-import yaml
 
 from load_tests.chaos import serve_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 EXPERT = "smollm2-generalist"
-LIMITS = {"max_inflight_tickets": 2, "max_waiting_tickets": 2, "max_async_backlog": 5, "async_workers": 4,
-          "heartbeat_s": 2, "stale_after_s": 8, "retry_after_s": 2, "max_attempts": 8, "max_wait_s": 300}
 
 
 class FloodService:
-    def __init__(self, url, config_path, state_dir):
-        self.url, self.config_path, self.state_dir = url, config_path, state_dir
+    """The slim service, sending tickets with the ticket key and admin calls with the admin key."""
+
+    def __init__(self, svc):
+        self.svc, self.url, self.state_dir = svc, svc.url, svc.state_dir
+        self.limits = svc.cfg.flood
+        self.ticket_auth = {"Authorization": f"Bearer {svc.keys['ticket']}"}
 
     def post(self, path, timeout=900, **kw):
-        return httpx.post(self.url + path, timeout=timeout, **kw)
+        return self.svc.post(path, timeout=timeout, **{**kw, "headers": {**self.ticket_auth, **kw.get("headers", {})}})
 
     def get(self, path, timeout=60, **kw):
-        return httpx.get(self.url + path, timeout=timeout, **kw)
+        return self.svc.get(path, timeout=timeout, **kw)
 
     def info(self) -> dict:
         return json.loads(next(self.state_dir.glob("server-*.json")).read_text())
@@ -72,25 +73,8 @@ class FloodService:
 
 
 @pytest.fixture(scope="module")
-def flood_service(tmp_path_factory, service_factory):
-    work = tmp_path_factory.mktemp("flood")
-
-    def configure(cfg):
-        task_map = yaml.safe_load(open(cfg.map))
-        task_map.update(version="flood-1", fallback=EXPERT, routes={t: EXPERT for t in task_map["routes"]})
-        (work / "map.yaml").write_text(yaml.safe_dump(task_map))
-        cfg.map = str(work / "map.yaml")
-        cfg.experts = [cfg.expert(EXPERT)]
-        cfg.scorer.model.replicas = 1
-        cfg.planner.max_new_tokens = 48
-        cfg.planner.candidates = 1
-        cfg.flood = cfg.flood.model_copy(update=LIMITS)
-        # Serve's own bounds are tight too, so its proxy-level 503 (with Retry-After) is exercised.
-        cfg.serve.max_ongoing_requests = 8
-        cfg.serve.max_queued_requests = 4
-
-    with service_factory(work, configure) as svc:
-        yield FloodService(svc.url, svc.config_path, svc.state_dir)
+def flood_service(slim_service):
+    return FloodService(slim_service)
 
 
 def _ticket(i, tag):
@@ -152,7 +136,7 @@ def test_overload_gets_clean_refusals_and_every_accepted_ticket_completes(flood_
         assert svc.get(f"/v1/tickets/{k}").status_code == 404, "a refused ticket is never recorded"
     accepted = [k for k, c in codes.items() if c in (200, 202)]
     sync_ok = [k for k in accepted if k.startswith("ov-sync") and codes[k] == 200]
-    assert sync_ok and len(sync_ok) <= LIMITS["max_inflight_tickets"] + LIMITS["max_waiting_tickets"] + 2
+    assert sync_ok and len(sync_ok) <= svc.limits.max_inflight_tickets + svc.limits.max_waiting_tickets + 2
     rows = svc.wait_done(accepted)
     assert all(row["status"] == "done" for row in rows.values()), rows
     for k in sync_ok:
@@ -170,7 +154,7 @@ def test_overload_gets_clean_refusals_and_every_accepted_ticket_completes(flood_
 def test_metrics_in_prometheus_and_stats(flood_service):
     svc = flood_service
     stats = svc.get("/v1/stats").json()
-    assert stats["queue"]["max_inflight"] == LIMITS["max_inflight_tickets"]
+    assert stats["queue"]["max_inflight"] == svc.limits.max_inflight_tickets
     assert stats["latency_ms"]["count"] >= 1 and stats["stage_ms"]["plan"]["p50"] > 0
     endpoints = svc.info().get("metrics") or []
     assert endpoints, "the server records its Prometheus endpoints in its pid file"

@@ -1,7 +1,7 @@
 """Model lifecycle end to end: a new model arrives while tickets flow.
 
-A dedicated service (one Planner expert, one Scorer replica, API keys on: this test changes what the
-app serves, so it does not share the session `service`) runs. A leaderboard over the service's own
+The session `slim_service` (one Planner expert, one Scorer replica, API keys on: this test changes what
+the app serves, so it does not use the session `service`) runs. A leaderboard over the service's own
 eight tasks holds results for the deployed expert. `flowrouter leaderboard add-model SPEC --publish`
 adds a SmolLM2 expert with another system prompt: only it is evaluated (a scripted engine answers the
 MC items, so it wins storage and database and loses the rest: the evaluation is not what is tested
@@ -31,25 +31,13 @@ OLD, NEW = "smollm2-generalist", "smollm2-oncall"
 WON = ("storage", "database")
 
 
-@pytest.fixture(scope="module")
-def slim_service(tmp_path_factory, service_factory):
+@pytest.fixture
+def slim(slim_service):
     from router.examples import load_tasks
 
-    work = tmp_path_factory.mktemp("lifecycle")
-    tasks: list[str] = []
-
-    def configure(cfg):
-        cfg.experts = [e for e in cfg.experts if e.name == OLD]
-        cfg.scorer.model.replicas = 1
-        cfg.planner.max_new_tokens = 48  # routing and publishing are tested here, not workflow quality
-        tasks.extend(t.name for t in load_tasks(cfg.tasks.tasks))
-        (work / "map.yaml").write_text(yaml.safe_dump({"version": "slim-1", "routes": {t: OLD for t in tasks},
-                                                       "fallback": OLD, "source": "test_lifecycle_e2e"}))
-        cfg.map = str(work / "map.yaml")
-
-    keys = {"admin": ("lc-admin", 0), "ticket": ("lc-ticket", 0)}  # access control on, as in production
-    with service_factory(work, configure, keys=keys) as svc:
-        yield {"url": svc.url, "config": str(svc.config_path), "cfg": svc.cfg, "tasks": tasks, "keys": svc.keys}
+    svc = slim_service
+    return {"url": svc.url, "config": str(svc.config_path), "cfg": svc.cfg, "keys": svc.keys,
+            "tasks": [t.name for t in load_tasks(svc.cfg.tasks.tasks)]}
 
 
 class ScriptedEngine:
@@ -121,17 +109,17 @@ class Stream:
             t.join(timeout=900)
 
 
-def test_add_model_publish_while_tickets_flow_then_rollback(slim_service, tmp_path, monkeypatch, capsys):
+def test_add_model_publish_while_tickets_flow_then_rollback(slim, tmp_path, monkeypatch, capsys):
     import leaderboard.runner as runner
     from core.config import ModelSpec
     from core.task_map import TaskMap
     from leaderboard.tasksets import MCItem, TaskInfo, TaskSet
 
-    svc = slim_service
+    svc = slim
     admin = svc["keys"].get("admin")
     live = httpx.get(svc["url"] + "/v1/map", headers=_auth(svc), timeout=60).json()
     old_map = TaskMap.model_validate(live["current"])
-    assert old_map.version == "slim-1" and live["experts"] == [OLD]
+    assert old_map.version == "slim-1" and set(old_map.routes.values()) == {OLD} and OLD in live["experts"]
 
     # A leaderboard over the service's tasks, one MC item each, with results for the deployed expert.
     ts = TaskSet(name="lifecycle", tasks=[TaskInfo(name=t) for t in svc["tasks"]],
