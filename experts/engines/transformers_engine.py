@@ -184,6 +184,11 @@ class TransformersEngine(TokenizedEngine):
         return StaticCache(config=self.model.config, max_cache_len=length)
 
     # ---- scoring -------------------------------------------------------------------------
+    def clear_prefix_cache(self) -> None:
+        """Forget the KV caches of recent prefixes (benchmarks that must start cold)."""
+        with self._lock:
+            self._lru.clear()
+
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[float]:
         seqs, starts = [], []
         for context, continuation in requests:

@@ -33,6 +33,10 @@ def test_loglikelihood_matches_plain_forward_with_shared_prefixes(smollm2):
     # A second call reuses cached prefixes (including a cropped one) and must agree.
     other = smollm2.format_prompt("Rate.", _long_context("report") + " Question conciseness", "Score:")
     assert smollm2.loglikelihood([(other, " 2")]) == pytest.approx([_reference_ll(smollm2, other, " 2")], abs=2e-3)
+    # Cold again (what benchmarks start from): the same answer without any cached prefix.
+    smollm2.clear_prefix_cache()
+    assert not smollm2._lru
+    assert smollm2.loglikelihood([(other, " 2")]) == pytest.approx([_reference_ll(smollm2, other, " 2")], abs=2e-3)
 
 
 def test_label_probs(smollm2):
