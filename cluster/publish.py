@@ -22,8 +22,10 @@ class ServicePublisher:
     What it runs comes from `cluster.deploy.deployed_config` (the config the server recorded). New
     Planner experts are added with `cluster.deploy.upsert_expert` (serve.run of the extended app:
     Serve starts the new deployment, rolls the ingress, keeps the rest); a new Scorer adapter and
-    retired experts go through `apply_config`, the same serve.run on the whole updated config. The
-    map goes through the ingress (`POST /v1/map`), validated like any publish.
+    retired experts go through `apply_config`, the same serve.run on the whole updated config; so does a
+    new classifier adapter, which only changes the classifier deployment's user_config (its replicas load it
+    in place) and rolls the ingress. The map goes through the ingress (`POST /v1/map`), validated like any
+    publish.
     """
 
     def __init__(self, cfg: FlowRouterConfig, api_key: str | None = None, url: str | None = None,
@@ -89,7 +91,10 @@ class ServicePublisher:
                     upsert_expert(self.cfg, spec)
             running, _, _ = self._running()
             if [e.name for e in running.experts] != [e.name for e in cfg.experts] or \
-                    running.scorer.model.model_dump() != cfg.scorer.model.model_dump():
+                    running.scorer.model.model_dump() != cfg.scorer.model.model_dump() or \
+                    running.classifier.model_dump() != cfg.classifier.model_dump():
+                # A new classifier adapter is only a new user_config of the classifier deployment: its
+                # running replicas load it (deployments/classifier.py), none restarts.
                 apply_config(self.cfg, cfg)
         except DeployError as exc:
             raise PublishError(str(exc)) from exc
@@ -97,6 +102,34 @@ class ServicePublisher:
             if owns:
                 ray.shutdown()  # disconnects this driver; the service's cluster keeps running
         self._wait_for([e.name for e in cfg.experts])
+
+    def classifier_info(self) -> list[dict]:
+        """What each running classifier replica's LLM serves (`ClassifierDeployment.info`: adapter, fingerprint):
+        asked through the deployment, not read from the recorded config."""
+        import ray
+        from ray import serve
+
+        from cluster.ray_connect import connect_ray
+
+        running, _, address = self._running()
+        owns = not ray.is_initialized()
+        if owns:
+            connect_ray(address, "flowrouter")
+        try:
+            handle = serve.get_deployment_handle("classifier", app_name=running.serve.app_name)
+            replicas = max(1, running.classifier.model.replicas)
+            # Requests spread over replicas; asking a few times per replica reaches each of them.
+            answers = [handle.info.remote() for _ in range(3 * replicas)]
+            seen = {}
+            for a in answers:
+                info = a.result(timeout_s=120)
+                seen[(info["adapter"], info["loaded_at"])] = info
+            return list(seen.values())
+        except Exception as exc:
+            raise PublishError(f"could not ask the classifier deployment what it serves: {exc}") from exc
+        finally:
+            if owns:
+                ray.shutdown()
 
     def _wait_for(self, experts: list[str]) -> None:
         from cluster.local import healthy

@@ -96,6 +96,35 @@ class ScorerDPOConfig(StageSettings):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Scorer adapter.")
 
 
+class ClassifierSFTConfig(StageSettings):
+    """Supervised fine-tuning of the classifier LLM (`flowrouter train classifier`): a LoRA adapter trained on the
+    labeled queries with the prompt the service asks (task list, retrieved examples, ticket) and the task name as
+    the completion."""
+
+    algorithm: Literal["sft"] = Field(default="sft", description="trl SFTTrainer on prompt-completion rows with "
+                                      "completion-only loss (the prompt's tokens carry no loss).")
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="AdamW learning rate of the adapter.")
+    steps: int | None = Field(default=None, ge=1, description="Optimizer steps; None is `epochs` passes over the "
+                                                              "training rows.")
+    epochs: int = Field(default=1, ge=1, le=20, description="Passes over the training rows when `steps` is None.")
+    batch_size: int = Field(default=4, ge=1, le=64, description="Rows per optimizer step.")
+    max_length: int = Field(default=768, ge=64, le=8192, description="Longest prompt+completion in tokens; longer "
+                            "rows are left out, never truncated (the ticket is at the end of the prompt).")
+    max_examples: int | None = Field(default=None, ge=1, description="Train on at most this many labeled examples "
+                                     "(a stratified, deterministic subset of the train part).")
+    dev_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of the labeled examples held out "
+                                "(stratified by task, seeded): never trained on, never retrieved from while "
+                                "training; the gate measures accuracy on it.")
+    dev_limit: int | None = Field(default=None, ge=1, description="Evaluate the gate on at most this many dev "
+                                  "examples (stratified, deterministic).")
+    gate_mode: Literal["cascade", "llm+retrieval"] = Field(
+        default="cascade", description="Classifier mode whose dev accuracy decides the gate: cascade is what the "
+                                       "service runs; llm+retrieval asks the LLM on every ticket.")
+    min_improvement: float = Field(default=0.0, ge=0, le=100, description="Accuracy points (of 100) the adapter "
+                                   "must gain over the serving classifier on the dev part; ties keep what serves.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Classifier adapter.")
+
+
 class GateConfig(_Strict):
     """What a new adapter must show on held-out cases before it may serve."""
 
@@ -137,3 +166,5 @@ class TrainingConfig(_Strict):
     planner_rl: PlannerRLConfig = Field(default_factory=PlannerRLConfig, description="Planner RL stage.")
     scorer_dpo: ScorerDPOConfig = Field(default_factory=ScorerDPOConfig, description="Scorer DPO stage.")
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion rule.")
+    classifier_sft: ClassifierSFTConfig = Field(default_factory=ClassifierSFTConfig, description="Fine-tuning "
+                                                "of the classifier LLM (`flowrouter train classifier`).")

@@ -159,3 +159,47 @@ def plot_report(metrics: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_classifier_report(metrics: dict, path: str | Path) -> Path:
+    """Classifier fine-tuning: the SFT loss per step, and dev accuracy per mode with the serving LLM and with
+    the adapter (the gate's mode first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
+    hist = (metrics.get("sft") or {}).get("history") or []
+    pts = [(r["step"], r["loss"]) for r in hist if "loss" in r]
+    if pts:
+        ax_l.plot(*zip(*pts), marker=".", label="completion loss")
+    acc = [(r["step"], r["mean_token_accuracy"]) for r in hist if "mean_token_accuracy" in r]
+    if acc:
+        ax_l.plot(*zip(*acc), marker=".", label="label token accuracy")
+    ax_l.set_xlabel("optimizer step")
+    ax_l.set_title("classifier SFT (LoRA)")
+    ax_l.legend(fontsize=8)
+    serving, candidate = metrics.get("serving") or {}, metrics.get("candidate") or {}
+    modes = [m for m in candidate if isinstance(candidate.get(m), dict) and "accuracy" in candidate[m]]
+    if modes:
+        xs = range(len(modes))
+        before = [100 * (serving.get(m) or {}).get("accuracy", 0.0) for m in modes]
+        after = [100 * candidate[m]["accuracy"] for m in modes]
+        ax_a.bar([x - 0.2 for x in xs], before, width=0.4, label="serving LLM")
+        ax_a.bar([x + 0.2 for x in xs], after, width=0.4, label="with the adapter")
+        for x, b, a in zip(xs, before, after):
+            ax_a.text(x - 0.2, b + 1, f"{b:.1f}", ha="center", fontsize=8)
+            ax_a.text(x + 0.2, a + 1, f"{a:.1f}", ha="center", fontsize=8)
+        ax_a.set_xticks(list(xs), modes)
+        ax_a.set_ylim(0, 105)
+        ax_a.legend(fontsize=8, loc="lower right")
+    d = metrics.get("data") or {}
+    ax_a.set_title(f"dev accuracy (%), n={d.get('dev')}")
+    fig.suptitle(f"Classifier fine-tuning of {metrics.get('model')} v{metrics.get('version')} "
+                 f"({d.get('source')}, {d.get('train')} training examples)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -83,6 +83,10 @@ def register(subparsers) -> None:
     c.add_argument("--train-limit", type=int, default=None,
                    help="use a stratified subset of N training examples (retrieval, head and baseline)")
     c.add_argument("--no-llm", action="store_true", help="retrieval only (LLM modes are skipped)")
+    c.add_argument("--adapter", metavar="DIR|none",
+                   help="the classifier LLM's LoRA adapter (a `flowrouter train classifier` version's adapter/ "
+                        "folder), or none for the base weights; default: the config's classifier.model.adapter with "
+                        "--train/--test, none with --dataset")
     for flag, key, typ in (("--k", "top_k", int), ("--head-weight", "head_weight", float),
                            ("--lexical-weight", "lexical_weight", float), ("--llm-weight", "llm_weight", float),
                            ("--min-agreement", "min_agreement", float), ("--vote-temperature", "vote_temperature",
@@ -309,6 +313,11 @@ def cmd_classifier(args) -> int:
         data, cfg = _classifier_eval_inputs(args, overrides)
     except (ValueError, FileNotFoundError, ValidationError) as exc:
         raise CliError(str(exc)) from exc
+    if args.adapter is not None:
+        adapter = None if args.adapter.lower() == "none" else str(Path(args.adapter).resolve())
+        if adapter is not None and not (Path(adapter) / "adapter_config.json").exists():
+            raise CliError(f"--adapter {args.adapter}: no peft adapter there (adapter_config.json missing)")
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"adapter": adapter})})
     out = Path(args.out) if args.out else cache_dir() / "classifier-eval" / f"{data.name}-{data.split}"
     engine = None
     if not args.no_llm and any(m != "retrieval" for m in modes):
@@ -317,6 +326,9 @@ def cmd_classifier(args) -> int:
         engine = build_engine(cfg.model)
     print(f"{data.name} {data.split}: {len(data.train)} training examples, {len(data.test)} tickets evaluated, "
           f"{len(data.tasks)} tasks", flush=True)
+    if engine is not None:
+        print(f"classifier LLM {cfg.model.name} ({cfg.model.base}, adapter {cfg.model.adapter or 'none'}, "
+              f"version {cfg.model.fingerprint()})", flush=True)
     try:
         report = evaluate_modes(data, modes, cfg, engine=engine, out_dir=out, progress=not args.quiet,
                                 plots=not args.no_plots)

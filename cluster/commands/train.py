@@ -9,6 +9,14 @@ queries only, writes versioned adapters with metadata and a report (reward/loss 
 `<out>/<expert>/vNNNN/`, and measures held-out STEPScore against the serving adapter. With
 --publish, an adapter that beats the serving one is deployed to the running service as a new expert
 and the regenerated map is published; one that does not leaves the service untouched.
+
+    flowrouter train classifier [--config FILE] [--training FILE] [--dataset owl-bench|it-tickets [--split dev|test]]
+                                [--steps N] [--out DIR] [--local] [--address RAY] [--no-gate]
+                                [--publish [--api-key KEY]] [--rollback]
+
+fine-tunes the classifier LLM instead (a LoRA adapter, trl SFT on the labeled queries with the service's
+prompt), gates it on dev accuracy and with --publish loads it into the running classifier deployment
+without a restart (docs/training.md, "flowrouter train classifier").
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from cluster.cli import CliError
 def register(sub) -> None:
     p = sub.add_parser("train", help="tune experts' Planner (GRPO) and Scorer (DPO) adapters; gate and publish",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--expert", action="append", required=True, metavar="NAME",
-                   help="expert to train (repeatable: one Ray actor per expert)")
+    p.add_argument("--expert", action="append", metavar="NAME",
+                   help="expert to train (repeatable: one Ray actor per expert); `flowrouter train classifier` "
+                        "trains the classifier LLM instead")
     p.add_argument("--iterations", type=int, default=1, help="coevolution iterations (default 1)")
     p.add_argument("--config", help="FlowRouter config (default configs/default.yaml); its `training:` section "
                                     "holds the training settings")
@@ -45,6 +54,38 @@ def register(sub) -> None:
                    help="admin API key for POST /v1/map (default $FLOWROUTER_API_KEY; not needed in open mode)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+    targets = p.add_subparsers(dest="target", metavar="classifier", required=False)
+    c = targets.add_parser("classifier", help="fine-tune the classifier LLM (LoRA, trl SFT); gate on dev accuracy; "
+                                              "publish into the running classifier",
+                           description="Fine-tune the classifier LLM on the labeled queries with the service's "
+                                       "prompt (LoRA, trl SFT, completion-only loss), gate it on held-out dev "
+                                       "accuracy, and with --publish load it into the running classifier "
+                                       "deployment without a restart.")
+    c.add_argument("--config", help="FlowRouter config (default configs/default.yaml): its tasks, labeled examples, "
+                                    "classifier and `training.classifier_sft` settings")
+    c.add_argument("--training", metavar="FILE", help="YAML holding only training settings; replaces the config's "
+                                                        "`training:` section")
+    c.add_argument("--dataset", choices=["owl-bench", "it-tickets"],
+                   help="train and gate on a shared labeled set (with the evaluator's settings) instead of the "
+                        "config's examples; such an adapter cannot be published (other tasks)")
+    c.add_argument("--split", default="dev", choices=["dev", "test"],
+                   help="with --dataset: dev (default) trains on the train part of train and gates on the dev part; "
+                        "test trains on the whole train part and gates on the test part (final figures only)")
+    c.add_argument("--steps", type=int, help="optimizer steps (default classifier_sft.steps, else epochs over the rows)")
+    c.add_argument("--out", help="root of versioned adapters (default training.output_dir or <cache>/training)")
+    c.add_argument("--local", action="store_true", help="run the job in this process (no Ray)")
+    c.add_argument("--address", help="Ray cluster to run the job on (default: a private local Ray)")
+    c.add_argument("--no-gate", action="store_true", help="skip the dev evaluation (nothing can be published)")
+    c.add_argument("--publish", action="store_true",
+                   help="load a winning adapter into the classifier of the service running this config (no restart)")
+    c.add_argument("--rollback", action="store_true",
+                   help="no training: the running classifier serves its base weights again (no restart)")
+    c.add_argument("--ray-address", help="the running service's Ray (default: from its pid file)")
+    c.add_argument("--url", help="the running service's URL (default: from its pid file)")
+    c.add_argument("--api-key", default=os.environ.get("FLOWROUTER_API_KEY"),
+                   help="admin API key (default $FLOWROUTER_API_KEY; not needed in open mode)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_train_classifier)
 
 
 def load_training(path: str):
@@ -79,6 +120,9 @@ def cmd_train(args) -> int:
     from training.coevolve import TrainingError, TrainOptions, train
     from training.gate import PublishError
 
+    if not args.expert:
+        raise CliError("name the expert(s) to train with --expert NAME, or train the classifier LLM with "
+                       "`flowrouter train classifier`")
     try:
         cfg = load_config(args.config)
         if args.training:
@@ -157,5 +201,96 @@ def _print(report) -> None:
                           f"{p['previous_map']} -> {p['map_version']}"
                           + (f", scorer adapter {p['scorer_adapter']}" if p.get("scorer_adapter") else ""))
         if p.get("note"):
+            console.print(p["note"])
+    console.print(f"summary: {report.summary_file}")
+
+
+def cmd_train_classifier(args) -> int:
+    from core.config import ConfigError, load_config
+    from training.classifier_job import ClassifierTrainingError, ClassifierTrainOptions, set_adapter, train_classifier
+    from training.gate import PublishError
+
+    try:
+        cfg = load_config(args.config)
+        if args.training:
+            cfg.training = load_training(args.training)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    if args.publish and args.no_gate:
+        raise CliError("--publish needs the gate (drop --no-gate)")
+    if args.publish and args.dataset:
+        raise CliError("--publish needs the service's own examples: an adapter trained on --dataset classifies into "
+                       "that set's tasks")
+    if args.rollback and (args.publish or args.dataset):
+        raise CliError("--rollback trains nothing: it goes without --publish and --dataset")
+    publisher = None
+    if args.publish or args.rollback:
+        from cluster.publish import ServicePublisher
+
+        publisher = ServicePublisher(cfg, api_key=args.api_key, url=args.url, ray_address=args.ray_address)
+        try:
+            publisher.check()  # fail before training, not after
+        except PublishError as exc:
+            raise CliError(str(exc)) from None
+    if args.rollback:
+        try:
+            r = set_adapter(publisher, None)
+        except PublishError as exc:
+            raise CliError(str(exc)) from None
+        print(r.note or f"the classifier serves its base weights again (was {r.previous_adapter})")
+        return 0
+    from cluster.ray_connect import connect_ray
+
+    opts = ClassifierTrainOptions(dataset=args.dataset, split=args.split, steps=_positive(args.steps, "--steps"),
+                                  out_root=args.out, local=args.local, address=args.address,
+                                  evaluate=not args.no_gate, show_progress=not args.quiet, connect=connect_ray)
+    try:
+        report = train_classifier(cfg, opts, publisher=publisher)
+    except (ClassifierTrainingError, PublishError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    _print_classifier(report)
+    return 0 if report.outcome.get("ok") else 1
+
+
+def _print_classifier(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    o, d = report.outcome, report.decision
+    m = o.get("metrics") or {}
+    if o.get("ok"):
+        data, sft = m.get("data", {}), m.get("sft", {})
+        console.print(f"classifier {m.get('model')} v{m.get('version')}: {data.get('rows')} training rows "
+                      f"({data.get('too_long', 0)} too long) from {data.get('train')} examples, dev {data.get('dev')}; "
+                      f"{sft.get('steps')} SFT steps in {sft.get('seconds')}s ({sft.get('seconds_per_step')} s/step)")
+        if m.get("serving"):
+            table = Table(title="dev accuracy: serving LLM -> with the adapter")
+            for col in ("mode", "accuracy", "macro-F1", "LLM share", "LLM-decided tickets (acc., retrieval alone)"):
+                table.add_column(col)
+            for mode, after in m["candidate"].items():
+                if not isinstance(after, dict):
+                    continue
+                before = m["serving"].get(mode) or {}
+                dec = after.get("llm_decided") or {}
+                table.add_row(mode + (" (gate)" if mode == m.get("gate_mode") else ""),
+                              f"{100 * before.get('accuracy', 0):.1f}% -> {100 * after['accuracy']:.1f}%",
+                              f"{100 * before.get('macro_f1', 0):.1f} -> {100 * after['macro_f1']:.1f}",
+                              f"{100 * before.get('llm_share', 0):.0f}% -> {100 * after['llm_share']:.0f}%",
+                              f"n={dec['n']}: {100 * dec['accuracy']:.1f}% vs {100 * dec['retrieval_accuracy']:.1f}%"
+                              if dec else "—")
+            console.print(table)
+    else:
+        console.print(f"[red]training failed:[/] {(o.get('error') or '').splitlines()[0] if o.get('error') else ''}")
+    console.print(("[green]promote[/]: " if d.get("promote") else "keep serving: ") + d.get("reason", ""))
+    if o.get("dir"):
+        console.print(f"adapter: {o['dir']}/adapter   report: {o.get('report')}")
+    if report.published is not None:
+        p = report.published
+        if p.get("published"):
+            console.print(f"published: the classifier now serves {p['adapter']} (was {p['previous_adapter'] or 'base'})"
+                          + (f"; replicas report {[i.get('fingerprint') for i in p['serving']]}" if p.get("serving")
+                             else ""))
+        elif p.get("note"):
             console.print(p["note"])
     console.print(f"summary: {report.summary_file}")
