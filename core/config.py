@@ -258,6 +258,39 @@ class KnowledgeConfig(_Strict):
                                  "model's own. Calibrated with `flowrouter eval retrieval --calibrate`.")
 
 
+class CaseMemoryConfig(_Strict):
+    """Case memory: tickets an operator accepted or corrected, retrieved for similar tickets."""
+
+    enabled: bool = Field(default=True, description="Record accepted and edited tickets as cases and show similar "
+                                                    "ones to the Planner.")
+    directory: str | None = Field(default=None, description="Where the case store lives (default: "
+                                                            "<serve.state_dir>/cases).")
+    k: int = Field(default=3, ge=0, le=20, description="Similar cases retrieved per ticket (returned as "
+                                                       "`similar_cases`).")
+    min_similarity: float = Field(default=0.40, ge=0, le=2, description="Similarity a case needs to be shown to the "
+                                  "Planner; below it a case is only listed in `similar_cases`. Calibrated with "
+                                  "`python -m load_tests.bench_cases --calibrate`.")
+    reference_similarity: float = Field(default=0.45, ge=0, le=2, description="Similarity above which a case's "
+                                        "final workflow replaces the retrieved runbooks as the reference the "
+                                        "Planner follows (a corrected case outranks the runbook it corrected).")
+    lexical_weight: float = Field(default=0.3, ge=0, le=1, description="BM25's share of a case's similarity (the "
+                                                                      "rest is MiniLM cosine).")
+    edit_bonus: float = Field(default=0.05, ge=0, le=1, description="Added to an edited case's similarity: an "
+                                                                   "operator's correction beats a plain accept.")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.reference_similarity < self.min_similarity:
+            raise ValueError("cases.reference_similarity must be at least cases.min_similarity")
+        return self
+
+    def store_dir(self, state_dir: str | None) -> str | None:
+        """The case store's folder: `directory`, else `<state_dir>/cases`; None when neither is known."""
+        if self.directory:
+            return self.directory
+        return f"{state_dir}/cases" if state_dir else None
+
+
 class TaskSetConfig(_Strict):
     """The tasks the classifier chooses from and its labeled example queries."""
 
@@ -417,6 +450,8 @@ class FlowRouterConfig(_Strict):
     planner: PlannerConfig = Field(default_factory=PlannerConfig, description="Candidate generation.")
     scorer: ScorerConfig = Field(description="Stage 4.")
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig, description="Knowledge base.")
+    cases: CaseMemoryConfig = Field(default_factory=CaseMemoryConfig, description="Case memory: accepted and "
+                                    "corrected tickets shown to the Planner for similar tickets.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving.")
     flood: FloodConfig = Field(default_factory=FloodConfig, description="Coalescing, cache, admission control and "
                                                                         "the durable async queue (ticket floods).")
@@ -485,6 +520,8 @@ def resolve_paths(raw: dict, base: Path) -> dict:
                 spec["base"] = _resolve(base, b)
     if isinstance(raw.get("serve"), dict) and raw["serve"].get("state_dir"):
         raw["serve"]["state_dir"] = _resolve(base, raw["serve"]["state_dir"])
+    if isinstance(raw.get("cases"), dict) and raw["cases"].get("directory"):
+        raw["cases"]["directory"] = _resolve(base, raw["cases"]["directory"])
     tr = raw.get("training") or {}
     if isinstance(tr, dict):
         for key in ("cases", "output_dir"):

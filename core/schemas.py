@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator, model_validator
 
-from core.workflow import Edge, Step, Workflow, to_mermaid
+from core.workflow import (
+    Edge,
+    MermaidError,
+    Step,
+    StepKind,
+    Workflow,
+    WorkflowError,
+    linear_workflow,
+    parse_lines,
+    parse_mermaid,
+    to_mermaid,
+)
 
 UNKNOWN = "unknown"
 CRITICAL_LEVELS = frozenset({"critical", "p1", "sev1", "page", "emergency"})
@@ -175,9 +187,9 @@ class ClassifyResponse(BaseModel):
 
 
 class KnowledgeItem(BaseModel):
-    id: str = Field(description="Incident node or chunk id.")
-    kind: Literal["node", "chunk"]
-    title: str = Field(description="Incident name, or the chunk's document and heading.")
+    id: str = Field(description="Incident node id, chunk id, or `case:<ticket id>` for a past case.")
+    kind: Literal["node", "chunk", "case"]
+    title: str = Field(description="Incident name, the chunk's document and heading, or the past ticket's title.")
     source: str | None = Field(default=None, description="Document the item comes from.")
     score: float
 
@@ -194,6 +206,23 @@ class KnowledgeUse(BaseModel):
     items: list[KnowledgeItem] = Field(default_factory=list, description="Knowledge shown to the expert.")
     best_score: float | None = Field(default=None, description="Relevance of the best item considered.")
     version: str | None = Field(default=None, description="Knowledge-base version used.")
+    reference: str | None = Field(default=None, description="Id of the item whose workflow was shown as the "
+                                                            "reference to follow: a past case above "
+                                                            "`cases.reference_similarity`, else the best runbook node.")
+    cases_version: str | None = Field(default=None, description="Case-memory revision used (null: no case memory).")
+
+
+class SimilarCase(BaseModel):
+    """A past ticket an operator accepted or corrected, retrieved for this one (case memory)."""
+
+    ticket_id: str = Field(description="The past ticket's id.")
+    similarity: float = Field(description="Hybrid similarity of the two tickets (dense + lexical, about 0-1).")
+    verdict: Literal["accept", "edit"] = Field(description="accept: the returned workflow was accepted; edit: an "
+                                                           "operator corrected it.")
+    title: str = Field(default="", description="The past ticket's first line.")
+    shown: bool = Field(default=False, description="Shown to the Planner (similarity above `cases.min_similarity`).")
+    reference: bool = Field(default=False, description="Its workflow was the reference the Planner followed "
+                                                       "(similarity above `cases.reference_similarity`).")
 
 
 class PlanRequest(BaseModel):
@@ -220,6 +249,7 @@ class PlanTimings(BaseModel):
     retrieval_ms: float
     generation_ms: float
     batch_size: int = 1
+    cases_ms: float = Field(default=0.0, description="Part of retrieval_ms spent on case memory (refresh + search).")
 
 
 class ScoringContext(BaseModel):
@@ -235,6 +265,7 @@ class PlanResponse(BaseModel):
                                      "first step).")
     knowledge: KnowledgeUse
     scoring: ScoringContext = Field(default_factory=ScoringContext)
+    similar_cases: list[SimilarCase] = Field(default_factory=list, description="Past cases retrieved, best first.")
     timings: PlanTimings
     prompt_tokens: int = Field(default=0, ge=0, description="Tokens of the prompt the expert read (its own "
                                                             "tokenizer: template, knowledge and ticket); 0 when "
@@ -266,6 +297,8 @@ class TicketResult(BaseModel):
     candidates: list[Candidate]
     retrieved_examples: list[dict] = Field(description="Labeled examples the classifier retrieved.")
     knowledge: KnowledgeUse = Field(description="What the workflow was grounded in.")
+    similar_cases: list[SimilarCase] = Field(default_factory=list, description="Similar past tickets an operator "
+                                             "accepted or corrected (case memory), best first.")
     context_ids: list[str] = Field(description="Ids of knowledge.items (knowledge given to the Planner).")
     knowledge_version: str | None = Field(default=None, description="Knowledge-base version used.")
     timings_ms: dict[str, float]
@@ -281,6 +314,118 @@ class TicketResult(BaseModel):
                                                      "joined an identical ticket in flight; 'cache' when a finished "
                                                      "result was reused (see shared_from).")
     shared_from: str | None = Field(default=None, description="Ticket id whose computation produced a shared result.")
+
+
+# ---- operator feedback ----------------------------------------------------------------------------
+MAX_CORRECTION_STEPS = 30
+# An entry of a `steps` list written in the line form's syntax: a terminal, or a question with its targets.
+_LINE_SYNTAX = re.compile(r"^\s*(?:\[end\]\s|\[change\]\s)|\?\s*yes\s+\d{1,2}\s*,\s*no\s+\d{1,2}\s*$", re.I)
+
+
+class Outcome(BaseModel):
+    """What happened when the operator ran the workflow."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    status: Literal["resolved", "not_resolved"] = Field(description="Whether following the workflow resolved the "
+                                                                    "incident.")
+    step: str | int | None = Field(default=None, description="resolved only: the step that resolved it, as its id "
+                                                             "(S3) or its 1-based position in the final workflow.")
+
+    @model_validator(mode="after")
+    def _step_only_when_resolved(self):
+        if self.step is not None and self.status != "resolved":
+            raise ValueError("outcome.step names the step that resolved the incident: only with status resolved")
+        if isinstance(self.step, int) and self.step < 1:
+            raise ValueError("outcome.step positions start at 1")
+        return self
+
+    def step_id(self, workflow: Workflow) -> str | None:
+        """The resolving step's id in `workflow`; WorkflowError when the workflow has no such step."""
+        if self.step is None:
+            return None
+        ids = [s.id for s in workflow.steps]
+        if isinstance(self.step, int):
+            if self.step > len(ids):
+                raise WorkflowError(f"outcome.step {self.step}: the workflow has {len(ids)} steps")
+            return ids[self.step - 1]
+        if self.step not in ids:
+            raise WorkflowError(f"outcome.step {self.step!r} is not a step of the workflow ({', '.join(ids)})")
+        return self.step
+
+
+class Feedback(BaseModel):
+    """An operator's verdict on a returned workflow; `edit` carries the corrected workflow."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: `"candidate": false` is not candidate 0
+
+    verdict: Literal["accept", "reject", "edit"] = Field(
+        description="accept or reject the returned workflow, or edit: replace it with the corrected one in "
+                    "`steps` or `mermaid` (the ticket then becomes a case the Planner follows for similar tickets).")
+    candidate: int | None = Field(default=None, ge=0, le=63,
+                                  description="Which candidate is judged, or corrected (default: the best one).")
+    comment: str | None = Field(default=None, max_length=2000)
+    steps: list[str | dict[str, Any]] | None = Field(
+        default=None, max_length=MAX_CORRECTION_STEPS,
+        description="edit: the corrected workflow as ordered steps. Either texts, in order: plain texts are a "
+                    "straight sequence closed by a resolved step; texts in the line form ('[change] Restart X', "
+                    "'Is X full? yes 4, no 3' with 1-based targets, '[end] Escalate') may branch and must end "
+                    "in '[end]' steps. Or typed steps of the workflow schema ({id, kind, text, action, next, yes, "
+                    "no}).")
+    mermaid: str | None = Field(default=None, max_length=20000,
+                                description="edit: the corrected workflow as a Mermaid flowchart (instead of steps).")
+    outcome: Outcome | None = Field(default=None, description="Whether the (final) workflow resolved the incident.")
+
+    @model_validator(mode="after")
+    def _correction_matches_verdict(self):
+        given = self.steps is not None or self.mermaid is not None
+        if self.verdict != "edit":
+            if given:
+                raise ValueError(f"steps and mermaid come only with verdict edit, not {self.verdict}")
+            return self
+        if self.steps is not None and self.mermaid is not None:
+            raise ValueError("an edit gives the corrected workflow once: steps or mermaid, not both")
+        corrected_workflow(self)  # raises ValueError (WorkflowError) with the reason
+        return self
+
+
+def corrected_workflow(feedback: Feedback) -> Workflow:
+    """The valid workflow an `edit` carries; WorkflowError (a ValueError) says why there is none."""
+    if feedback.mermaid is not None:
+        try:
+            wf = parse_mermaid(feedback.mermaid)
+        except MermaidError as exc:
+            raise WorkflowError(f"malformed Mermaid: {exc}") from None
+        return _checked(wf)
+    entries = feedback.steps or []
+    if not entries:
+        raise WorkflowError("an edit needs the corrected workflow: non-empty steps or mermaid")
+    if all(isinstance(e, dict) for e in entries):
+        try:
+            wf = Workflow(steps=[Step.model_validate(e) for e in entries])
+        except ValueError as exc:
+            raise WorkflowError(f"steps are not workflow steps: {exc}") from None
+        return _checked(wf)
+    if not all(isinstance(e, str) for e in entries):
+        raise WorkflowError("steps are either all texts or all typed steps")
+    if not any(_LINE_SYNTAX.search(e) for e in entries):
+        texts = [e for e in entries if e.strip()]
+        if len(texts) != len(entries):
+            raise WorkflowError("steps must not be empty texts")
+        return linear_workflow(texts)
+    if any("\n" in e for e in entries):
+        raise WorkflowError("a step is one line")
+    if not any(re.match(r"^\s*\[end\]\s", e) for e in entries):
+        raise WorkflowError("the workflow has no terminal step: end it with an '[end] ...' step")
+    lines = [f"{i}. " + re.sub(r"\s*\?\s*yes\s+(\d+)\s*,\s*no\s+(\d+)\s*$", r"? yes \1, no \2", e.strip())
+             for i, e in enumerate(entries, 1)]
+    return _checked(parse_lines("\n".join(lines)))
+
+
+def _checked(wf: Workflow) -> Workflow:
+    if not any(s.kind == StepKind.terminal for s in wf.steps):
+        raise WorkflowError("the workflow has no terminal step (a graph must end somewhere)")
+    return wf.validate_graph()
 
 
 class LabeledQuery(BaseModel):

@@ -54,7 +54,7 @@ EXTRA: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/v1/chat/completions"): ("202", "400", "404", "409", "413", "503"),
     ("post", "/v1/alerts/alertmanager"): ("503",),
     ("get", "/v1/console/leaderboard.png"): ("404",),
-    ("post", "/v1/tickets/{ticket_id}/feedback"): ("404", "409"),
+    ("post", "/v1/tickets/{ticket_id}/feedback"): ("404", "409", "422"),
     ("post", "/v1/map"): ("409",),
     ("post", "/v1/map/rollback"): ("409",),
     ("post", "/v1/admin/keys"): ("409",),

@@ -65,18 +65,24 @@ def build_app(cfg: FlowRouterConfig, knowledge_dir: str | None = None) -> Applic
     if not cfg.serve.state_dir:
         raise ValueError("serve.state_dir must be resolved before building the app")
     config = cfg.model_dump(mode="json")
-    cls_opts = model_deployment_options(cfg.classifier.model, "classifier")
+    # The classifier LLM's adapter is its user_config, not part of its version: a new adapter is loaded by
+    # the running replicas (ClassifierDeployment.reconfigure) instead of restarting them.
+    cls_opts = {**model_deployment_options(cfg.classifier.model, "classifier"),
+                "user_config": {"adapter": cfg.classifier.model.adapter}}
     tasks = cfg.tasks.model_dump(mode="json")
+    cls_section = {**config["classifier"], "model": {**config["classifier"]["model"], "adapter": None}}
     classifier = _versioned(ClassifierDeployment, cls_opts, deployment_version(
-        ClassifierDeployment, config["classifier"], tasks,
+        ClassifierDeployment, cls_section, tasks,
         [_file_digest(cfg.tasks.tasks)] + [_file_digest(p) for p in cfg.tasks.examples])).bind(config)
     planners = {}
+    cases, cases_dir = cfg.cases.model_dump(mode="json"), cfg.cases.store_dir(cfg.serve.state_dir)
     for e in cfg.experts:
         spec, planner = e.model_dump(mode="json"), cfg.planner.model_dump(mode="json")
         opts = model_deployment_options(e, planner_deployment_name(e.name))
         relevance = cfg.knowledge.min_relevance
         planners[e.name] = _versioned(PlannerDeployment, opts, deployment_version(
-            PlannerDeployment, spec, planner, knowledge_dir, relevance)).bind(spec, planner, knowledge_dir, relevance)
+            PlannerDeployment, spec, planner, knowledge_dir, relevance, cases, cases_dir)).bind(
+            spec, planner, knowledge_dir, relevance, cases, cases_dir)
     scorer_cfg = cfg.scorer.model_dump(mode="json")
     scorer = _versioned(ScorerDeployment, model_deployment_options(cfg.scorer.model, "scorer"),
                         deployment_version(ScorerDeployment, scorer_cfg)).bind(scorer_cfg)

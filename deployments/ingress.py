@@ -27,6 +27,8 @@ from core.schemas import (
     Candidate,
     ClassifyRequest,
     ClassifyResponse,
+    Feedback,
+    KnowledgeItem,
     PlanRequest,
     PlanResponse,
     ScoreRequest,
@@ -34,8 +36,10 @@ from core.schemas import (
     Ticket,
     TicketResult,
     WorkflowOut,
+    corrected_workflow,
 )
 from core.task_map import MapError, TaskMap
+from core.workflow import Workflow, WorkflowError
 from deployments import auth, console, openai_api
 from deployments.admission import Overloaded
 from deployments.alertmanager import AlertmanagerPayload, AlertmanagerReceipt, AlertReceiver, ticket_fields
@@ -44,6 +48,7 @@ from deployments.map_registry import get_registry
 from deployments.prometheus import PrometheusExporter
 from deployments.ticket_store import DONE, TicketStore
 from deployments.webhooks import WebhookManager
+from experts.knowledge.cases import Case, CaseStore
 from experts.scorer import best_index
 from router.examples import load_tasks
 from router.routing import get_router
@@ -69,14 +74,6 @@ class BatchRequest(BaseModel):
 
 class BatchResult(BaseModel):
     results: list[TicketResult]
-
-
-class Feedback(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # strict: `"candidate": false` is not candidate 0
-    verdict: str = Field(pattern="^(accept|reject)$", description="accept or reject the returned workflow")
-    candidate: int | None = Field(default=None, ge=0, le=63,
-                                  description="Which candidate is judged (default: the best one)")
-    comment: str | None = Field(default=None, max_length=2000)
 
 
 class TicketFailed(Exception):
@@ -146,6 +143,9 @@ class Ingress:
         self.registry = get_registry(f"{state_dir}/maps", initial.model_dump(), self.tasks, self.experts)
         self.task_map = TaskMap.model_validate(ray.get(self.registry.current.remote()))
         self.store = TicketStore(f"{state_dir}/tickets.sqlite")
+        # Case memory: written here when feedback arrives, read by every Planner replica (experts/knowledge/cases.py).
+        cases_dir = self.cfg.cases.store_dir(state_dir)
+        self.cases = CaseStore(cases_dir) if self.cfg.cases.enabled and cases_dir else None
         self._checked = time.monotonic()
         self._map_lock = asyncio.Lock()
         # Ticket floods: cache + single flight, admission control, durable async worker (deployments/flood.py).
@@ -192,6 +192,7 @@ class Ingress:
         t2 = time.perf_counter()
         timings["plan"] = (t2 - t1) * 1000
         timings["retrieve"] = plan.timings.retrieval_ms
+        timings["cases"] = plan.timings.cases_ms
         if not plan.candidates:
             raise TicketFailed(503, f"expert {chosen} produced no usable workflow "
                                     f"({plan.dropped} samples could not be closed into a valid workflow)")
@@ -220,6 +221,7 @@ class Ingress:
             candidates=candidates,
             retrieved_examples=cls.examples,
             knowledge=plan.knowledge,
+            similar_cases=plan.similar_cases,
             context_ids=[i.id for i in plan.knowledge.items],
             knowledge_version=plan.knowledge.version,
             timings_ms={k: round(v, 1) for k, v in timings.items()},
@@ -363,20 +365,61 @@ class Ingress:
                 "error": row.get("error"), "attempts": row["attempts"], **ticket_fields(row)}
 
     @app.post("/v1/tickets/{ticket_id}/feedback", status_code=201,
-              summary="An operator accepts or rejects a returned workflow (training data)")
+              summary="An operator accepts, rejects or corrects a returned workflow",
+              description="verdict accept | reject | edit; an edit carries the corrected workflow (steps or "
+                          "mermaid). Accepted and edited tickets become cases that similar tickets are grounded "
+                          "in (similar_cases in the answer); training reads every verdict. Bad feedback is "
+                          "refused with a reason and nothing is stored.")
     async def post_feedback(self, ticket_id: str, body: Feedback) -> dict[str, Any]:
         row = self.store.get(ticket_id)
         if row is None:
             raise HTTPException(404, f"no ticket {ticket_id!r}")
         if row["status"] != DONE:
             raise HTTPException(409, f"ticket {ticket_id!r} has no result yet (status {row['status']})")
-        n = len(row["result"]["candidates"])
-        candidate = row["result"]["best_index"] if body.candidate is None else body.candidate
+        result = row["result"]
+        n = len(result["candidates"])
+        candidate = result["best_index"] if body.candidate is None else body.candidate
         if candidate >= n:
             raise HTTPException(422, f"candidate {candidate} does not exist (ticket has {n})")
-        fid = self.store.add_feedback(ticket_id, body.verdict, candidate, body.comment,
-                                     principal=auth.current_principal_id())
-        return {"feedback_id": fid, "ticket_id": ticket_id, "verdict": body.verdict, "candidate": candidate}
+        judged = Workflow.model_validate({"steps": result["candidates"][candidate]["workflow"]["steps"]})
+        try:
+            final = corrected_workflow(body) if body.verdict == "edit" else judged
+            resolved_by = body.outcome.step_id(final) if body.outcome is not None else None
+        except WorkflowError as exc:
+            raise HTTPException(422, f"feedback refused: {exc}") from None
+        outcome = {"status": body.outcome.status, "step": resolved_by} if body.outcome is not None else None
+        principal = auth.current_principal_id()
+        fid = self.store.add_feedback(ticket_id, body.verdict, candidate, body.comment, principal=principal,
+                                      workflow={"steps": [s.model_dump(mode="json") for s in final.steps]}
+                                      if body.verdict == "edit" else None, outcome=outcome)
+        case = self._record_case(ticket_id, row, body.verdict, final, judged, body.comment, outcome, principal, fid)
+        out: dict[str, Any] = {"feedback_id": fid, "ticket_id": ticket_id, "verdict": body.verdict,
+                               "candidate": candidate, "case": case}
+        if body.verdict == "edit":
+            out["workflow"] = WorkflowOut.of(final).model_dump(mode="json")
+        if outcome is not None:
+            out["outcome"] = outcome
+        return out
+
+    def _record_case(self, ticket_id: str, row: dict, verdict: str, final: Workflow, judged: Workflow,
+                     comment: str | None, outcome: dict | None, principal: str | None, fid: int) -> str | None:
+        """Accepted and edited tickets become cases (the latest verdict wins: a reject forgets the case)."""
+        if self.cases is None:
+            return None
+        if verdict == "reject":
+            self.cases.remove(ticket_id)
+            self.flood.cache.clear()
+            return None
+        result = row["result"]
+        case = Case(ticket_id=ticket_id, text=Ticket.model_validate(row["request"]).text(), verdict=verdict,
+                    workflow=final, original=judged if verdict == "edit" else None,
+                    knowledge=[KnowledgeItem.model_validate(i) for i in result.get("knowledge", {}).get("items", [])],
+                    expert=result.get("expert"), comment=comment, outcome=outcome, principal=principal,
+                    feedback_id=fid)
+        self.cases.put(case)
+        # A cached answer to the same text would otherwise ignore the case until its TTL ran out.
+        self.flood.cache.clear()
+        return case.id
 
     @app.get("/v1/map", summary="The live task->expert map and its history")
     async def get_map(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A ticket is written before any model runs, so an accepted ticket survives a replica crash or a
 restart: anything still `queued` or `running` is found by `pending()` and retried. Feedback
-(accept / reject of a returned workflow) is kept beside the result it judges; training reads it.
+(accept / reject of a returned workflow, or an edit carrying the corrected workflow, with the outcome of
+running it) is kept beside the result it judges, with the API key id that sent it; training reads it.
 Annotations (a JSON object per ticket) record what happened to a ticket beside its outcome, such as
 its alert resolving (`resolve`); a queued ticket made pointless that way may end `cancelled`.
 """
@@ -20,6 +21,20 @@ from deployments.sqlite_wal import connect_wal
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 CANCELLED = "cancelled"  # never run: its alert resolved while it waited in the queue (`resolve`)
 
+_FEEDBACK_TABLE = """
+CREATE TABLE feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ticket_id TEXT NOT NULL REFERENCES tickets(id),
+    verdict TEXT NOT NULL CHECK (verdict IN ('accept', 'reject', 'edit')),
+    candidate INTEGER,
+    comment TEXT,
+    principal TEXT,
+    created REAL NOT NULL,
+    workflow TEXT,
+    outcome TEXT
+);
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tickets (
     id TEXT PRIMARY KEY,
@@ -36,15 +51,7 @@ CREATE TABLE IF NOT EXISTS tickets (
     annotations TEXT
 );
 CREATE INDEX IF NOT EXISTS tickets_status ON tickets(status, updated);
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ticket_id TEXT NOT NULL REFERENCES tickets(id),
-    verdict TEXT NOT NULL CHECK (verdict IN ('accept', 'reject')),
-    candidate INTEGER,
-    comment TEXT,
-    principal TEXT,
-    created REAL NOT NULL
-);
+""" + _FEEDBACK_TABLE.replace("CREATE TABLE feedback", "CREATE TABLE IF NOT EXISTS feedback") + """
 CREATE INDEX IF NOT EXISTS feedback_ticket ON feedback(ticket_id);
 """
 
@@ -67,6 +74,7 @@ class TicketStore:
                     c.execute("ALTER TABLE tickets ADD COLUMN annotations TEXT")
                 except sqlite3.OperationalError:
                     pass
+            _migrate_feedback(c)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -188,24 +196,50 @@ class TicketStore:
 
     # ---- feedback --------------------------------------------------------------------------
     def add_feedback(self, ticket_id: str, verdict: str, candidate: int | None = None, comment: str | None = None,
-                     principal: str | None = None) -> int:
+                     principal: str | None = None, workflow: dict | None = None, outcome: dict | None = None) -> int:
+        """`workflow`: an edit's corrected workflow ({"steps": [...]}); `outcome`: {"status", "step"}."""
         cur = self._conn().execute(
-            "INSERT INTO feedback (ticket_id, verdict, candidate, comment, principal, created) VALUES (?,?,?,?,?,?)",
-            (ticket_id, verdict, candidate, comment, principal, time.time()))
+            "INSERT INTO feedback (ticket_id, verdict, candidate, comment, principal, created, workflow, outcome) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (ticket_id, verdict, candidate, comment, principal, time.time(),
+             json.dumps(workflow) if workflow is not None else None, json.dumps(outcome) if outcome is not None else None))
         return int(cur.lastrowid)
 
-    def feedback(self, limit: int = 10000) -> list[dict]:
-        """Feedback joined with the ticket text and the judged result (for training data)."""
+    def feedback(self, limit: int = 10000, ticket_id: str | None = None) -> list[dict]:
+        """Feedback joined with the ticket text and the judged result (for training data), oldest first."""
+        where, args = ("WHERE f.ticket_id = ? ", (ticket_id, limit)) if ticket_id is not None else ("", (limit,))
         rows = self._conn().execute(
             "SELECT f.*, t.request, t.result FROM feedback f JOIN tickets t ON t.id = f.ticket_id "
-            "ORDER BY f.id LIMIT ?", (limit,)).fetchall()
+            f"{where}ORDER BY f.id LIMIT ?", args).fetchall()
         out = []
         for r in rows:
             d = dict(r)
-            d["request"] = json.loads(d["request"])
-            d["result"] = json.loads(d["result"]) if d["result"] else None
+            for k in ("request", "result", "workflow", "outcome"):
+                d[k] = json.loads(d[k]) if d.get(k) else None
             out.append(d)
         return out
+
+
+def _migrate_feedback(c: sqlite3.Connection) -> None:
+    """Bring a feedback table written before edits existed up to date: SQLite cannot alter a CHECK
+    constraint, so the table is rebuilt with the rows it holds (once, in one transaction)."""
+    row = c.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='feedback'").fetchone()
+    if row is None or "'edit'" in row["sql"]:
+        return
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        row = c.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='feedback'").fetchone()
+        if "'edit'" not in row["sql"]:  # another replica may have migrated it while this one waited
+            c.execute("ALTER TABLE feedback RENAME TO feedback_before_edits")
+            c.execute(_FEEDBACK_TABLE)
+            c.execute("INSERT INTO feedback (id, ticket_id, verdict, candidate, comment, principal, created) "
+                      "SELECT id, ticket_id, verdict, candidate, comment, principal, created FROM feedback_before_edits")
+            c.execute("DROP TABLE feedback_before_edits")
+            c.execute("CREATE INDEX IF NOT EXISTS feedback_ticket ON feedback(ticket_id)")
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
 
 
 def _row(row: sqlite3.Row) -> dict:

@@ -9,8 +9,10 @@ ticket. Nothing is cut mid-sentence: texts are shown whole or as whole sentences
 from __future__ import annotations
 
 from core.schemas import ScoringContext
-from core.workflow import Workflow, WorkflowError, render_lines
+from core.workflow import GrammarSpec, Workflow, WorkflowError, render_lines
+from core.workflow.grammar import grammar_lines
 from experts.knowledge.markdown import whole_sentences
+from experts.knowledge.workflows import reference_workflow
 
 PLANNER_INSTRUCTION = (
     "Write the troubleshooting workflow for the ticket as a numbered list of 4 to 8 short steps. Each step is "
@@ -71,6 +73,43 @@ def format_context(context) -> str:
             lines.append("Workflow:\n" + render_lines(wf))
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+CASE_HEAD = {"edit": "Past ticket like this one, corrected by an operator",
+             "accept": "Past ticket like this one, whose workflow an operator accepted"}
+
+
+def case_workflow(workflow: Workflow, spec: GrammarSpec) -> Workflow:
+    """A case's workflow as the Planner is shown it: as it is when the grammar could write it, else rebuilt the
+    way runbook steps are (a gate question, long steps summarised), so the model can copy it line for line."""
+    try:
+        text = render_lines(workflow)
+        if grammar_lines(text, spec) == len(workflow.steps):
+            return workflow
+    except WorkflowError:
+        pass
+    rebuilt = reference_workflow(workflow.action_steps(), [])
+    return rebuilt if rebuilt is not None else workflow
+
+
+def format_case(case, spec: GrammarSpec) -> str:
+    """One past case as prompt text, in the same form as an incident: its ticket, then its workflow."""
+    wf = case_workflow(case.workflow, spec)
+    try:
+        lines = render_lines(wf)
+    except WorkflowError:
+        lines = "\n".join(f"{i}. {t}" for i, t in enumerate(wf.action_steps(), 1))
+    return f"{CASE_HEAD[case.verdict]}: {whole_sentences(case.title, MEANING_CHARS)}\nWorkflow:\n{lines}"
+
+
+def case_scorer_context(case) -> ScoringContext:
+    """The Scorer judges against the case the Planner followed: its ticket and its final workflow."""
+    try:
+        shown = render_lines(case.workflow)
+    except WorkflowError:
+        shown = "\n".join(case.workflow.action_steps())
+    text = f"{CASE_HEAD[case.verdict]}: {whole_sentences(case.title, MEANING_CHARS)}\nReference workflow:\n{shown}"
+    return ScoringContext(text=text, reference_steps=case.workflow.action_steps())
 
 
 def planner_user_message(ticket: str, context_text: str) -> str:

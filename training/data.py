@@ -3,7 +3,10 @@ the three knowledge levels that turn one query into good / fair / poor workflows
 
 No reference workflow is ever used for training (as in FlowXpert): the Planner learns from the
 Scorer's reward, the Scorer from the order of knowledge levels and from operators' verdicts. The
-references of held-out cases are only read by the gate's STEPScore.
+references of held-out cases are only read by the gate's STEPScore. Operators' corrections are the one
+exception (AOI's corrective signal): an edited workflow is a Planner target (`planner_examples`: SFT on
+the correction, and the pair correction over the candidate it replaced), and a rejected or corrected
+candidate is a negative for the Planner and, through `read_feedback`, for the Scorer.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from core.schemas import Ticket
-from core.workflow import WorkflowError, linear_workflow
+from core.workflow import Workflow, WorkflowError, linear_workflow, render_lines
 from leaderboard.workflow_cases import WorkflowCase
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,10 @@ class FeedbackItem(BaseModel):
     ticket_id: str
     ticket: str = Field(description="Ticket text as the Planner and Scorer saw it.")
     workflow: dict = Field(description="The judged candidate's workflow (steps + edges).")
-    verdict: str = Field(description="accept or reject.")
+    verdict: str = Field(description="accept, reject or edit (the workflow is the candidate the operator "
+                                     "corrected: a negative, like a rejected one).")
     expert: str | None = Field(default=None, description="Expert that wrote the workflow.")
+    correction: dict | None = Field(default=None, description="edit: the operator's corrected workflow (steps).")
 
 
 def _unit(seed: int, key: str) -> float:
@@ -114,11 +119,60 @@ def read_feedback(rows) -> list[FeedbackItem]:
             req = row.get("request") or {}
             ticket = f"{req.get('title', '')}\n{req.get('description', '')}".strip()
         wf = cands[idx].get("workflow") or {}
+        correction = row.get("workflow") if row["verdict"] == "edit" else None
         latest[(row["ticket_id"], idx)] = FeedbackItem(
             ticket_id=row["ticket_id"], ticket=ticket, workflow={"steps": wf.get("steps", []),
                                                                  "edges": wf.get("edges", [])},
-            verdict=row["verdict"], expert=result.get("expert"))
+            verdict=row["verdict"], expert=result.get("expert"), correction=correction)
     return list(latest.values())
+
+
+class PlannerExample(BaseModel):
+    """A Planner training example from operator feedback, in the line form the Planner writes."""
+
+    ticket_id: str
+    ticket: str = Field(description="Ticket text (the Planner's query).")
+    expert: str | None = None
+    kind: str = Field(description="edit (chosen: the correction, rejected: the corrected candidate), accept "
+                                  "(chosen only) or reject (rejected only: a negative).")
+    chosen: str | None = Field(default=None, description="Workflow to imitate (SFT target; the pair's chosen).")
+    rejected: str | None = Field(default=None, description="Workflow to move away from (the pair's rejected).")
+
+    @property
+    def is_pair(self) -> bool:
+        return self.chosen is not None and self.rejected is not None
+
+
+def _lines(workflow: dict | None) -> str | None:
+    """A stored workflow in line form; None when it is not a valid workflow the line form can carry."""
+    if not workflow or not workflow.get("steps"):
+        return None
+    try:
+        return render_lines(Workflow.model_validate({"steps": workflow["steps"]}).validate_graph())
+    except (WorkflowError, ValueError):
+        return None
+
+
+def planner_examples(items: list[FeedbackItem]) -> list[PlannerExample]:
+    """Operator feedback as Planner targets: an edit gives an SFT target and a chosen/rejected pair (the
+    correction over the candidate it replaced), an accept a target, a reject a negative. A rejected
+    candidate of a ticket that was later corrected is paired with that correction too."""
+    corrections = {f.ticket_id: _lines(f.correction) for f in items if f.verdict == "edit"}
+    out = []
+    for f in items:
+        candidate = _lines(f.workflow)
+        if f.verdict == "edit":
+            chosen, rejected = corrections.get(f.ticket_id), candidate
+        elif f.verdict == "accept":
+            chosen, rejected = candidate, None
+        else:
+            chosen, rejected = corrections.get(f.ticket_id), candidate
+        if chosen is None and rejected is None:
+            continue
+        kind = f.verdict if f.verdict != "reject" or chosen is None else "edit"
+        out.append(PlannerExample(ticket_id=f.ticket_id, ticket=f.ticket, expert=f.expert, kind=kind,
+                                  chosen=chosen, rejected=rejected if rejected != chosen else None))
+    return out
 
 
 def feedback_queries(items: list[FeedbackItem], expert: str | None = None, roots: set[str] | None = None

@@ -249,6 +249,10 @@ class KnowledgeBase:
                                 best_score=round(best, 4) if best is not None else None,
                                 scope="unscoped" if tags is None else "scoped")
 
+    def embed(self, queries: list[str]) -> np.ndarray:
+        """Query vectors as retrieval computes them (cached: case memory reuses the ticket's vector)."""
+        return self._embed(queries)
+
     def _embed(self, queries: list[str]) -> np.ndarray:
         """Query vectors; recent queries are cached (every expert retrieves for the same ticket)."""
         texts = [q or "" for q in queries]

@@ -140,3 +140,79 @@ def test_real_planner_copies_the_reference_workflow_with_its_branches(smollm2):
     [cand] = plan.candidates
     assert cand.workflow.branching_decisions() >= 1
     assert step_score(cand.workflow.action_steps(), WF.action_steps()).f1 > 60
+
+
+# ---- case memory --------------------------------------------------------------------------------
+def _case_planner(tmp_path, engine, cases, reference=0.55, shown=0.3, **cfg):
+    from core.config import CaseMemoryConfig
+    from experts.knowledge.cases import CaseIndex, CaseStore
+    from tests.experts.knowledge.test_cases import bag_embed
+
+    store = CaseStore(tmp_path)
+    for c in cases:
+        store.put(c)
+
+    class EmbeddingRetriever(FixedRetriever):
+        def embed(self, texts):
+            return bag_embed(texts)
+
+    spec = ModelSpec(name="x", base="smollm2-135m-instruct")
+    return Planner(spec, engine, PlannerConfig(**cfg), EmbeddingRetriever(), cases=CaseIndex(store, bag_embed),
+                   case_cfg=CaseMemoryConfig(min_similarity=shown, reference_similarity=reference))
+
+
+CORRECTED = ["Check the pg_wal size with du -sh", "Check replication slots with pg_replication_slots",
+             "Drop the stale replication slot", "Confirm WAL segments are recycled"]
+
+
+def _edited(tid="past-1", text="db-01 disk 97% full\npostgres cannot write WAL", verdict="edit"):
+    from core.workflow import linear_workflow
+    from experts.knowledge.cases import Case
+
+    return Case(ticket_id=tid, text=text, verdict=verdict, workflow=linear_workflow(CORRECTED))
+
+
+def test_a_corrected_case_above_the_reference_similarity_replaces_the_runbook(tmp_path):
+    engine = ScriptedEngine([GOOD])
+    planner = _case_planner(tmp_path, engine, [_edited()])
+    [plan] = planner.plan([PlanRequest(ticket="db-01 disk 97% full postgres cannot write WAL", n=1)])
+    prompt = engine.calls[0][0][0]
+    assert "corrected by an operator: db-01 disk 97% full" in prompt
+    assert "1. Check the pg_wal size with du -sh" in prompt  # the correction, in the form the model writes
+    assert "Incident: Disk full" not in prompt and "Excerpt from" not in prompt, "the corrected runbook is not shown"
+    assert plan.knowledge.reference == "case:past-1" and [i.kind for i in plan.knowledge.items] == ["case"]
+    assert plan.scoring.reference_steps == CORRECTED, "the Scorer grounds candidates in the correction"
+    [sim] = plan.similar_cases
+    assert sim.ticket_id == "past-1" and sim.verdict == "edit" and sim.reference and sim.similarity >= 0.55
+
+
+def test_a_less_similar_case_is_shown_before_the_runbook_which_stays_the_reference(tmp_path):
+    engine = ScriptedEngine([GOOD])
+    planner = _case_planner(tmp_path, engine, [_edited(text="postgres WAL volume filling on db-07")],
+                            reference=0.99, shown=0.2)
+    [plan] = planner.plan([PlanRequest(ticket="db-01 disk 97% full postgres cannot write WAL", n=1)])
+    prompt = engine.calls[0][0][0]
+    assert prompt.index("corrected by an operator") < prompt.index("Incident: Disk full")
+    assert plan.knowledge.reference == "n-disk" and plan.knowledge.items[0].id == "n-disk"
+    assert [i.kind for i in plan.knowledge.items][-1] == "case" and not plan.similar_cases[0].reference
+    assert plan.scoring.reference_steps == WF.action_steps()
+
+
+def test_an_accepted_case_keeps_its_runbook_shown_and_unrelated_cases_are_not_cited(tmp_path):
+    engine = ScriptedEngine([GOOD])
+    accepted = _edited(verdict="accept")
+    unrelated = _edited(tid="other", text="kafka consumer lag on the orders topic")
+    planner = _case_planner(tmp_path, engine, [accepted, unrelated])
+    [plan] = planner.plan([PlanRequest(ticket="db-01 disk 97% full postgres cannot write WAL", n=1)])
+    prompt = engine.calls[0][0][0]
+    assert prompt.index("Incident: Disk full") < prompt.index("an operator accepted: db-01")
+    assert plan.knowledge.items[0].id == "n-disk" and plan.knowledge.reference == "case:past-1"
+    assert [c.ticket_id for c in plan.similar_cases] == ["past-1"]
+
+
+def test_without_cases_the_prompt_is_unchanged(tmp_path):
+    plain, with_memory = ScriptedEngine([GOOD]), ScriptedEngine([GOOD])
+    _planner(plain, FixedRetriever()).plan([PlanRequest(ticket="db-01 disk 97%", n=1)])
+    [plan] = _case_planner(tmp_path, with_memory, []).plan([PlanRequest(ticket="db-01 disk 97%", n=1)])
+    assert plain.calls[0][0] == with_memory.calls[0][0] and plan.similar_cases == []
+    assert plan.knowledge.cases_version is not None and plan.knowledge.reference == "n-disk"

@@ -129,3 +129,27 @@ def test_agreement_counts_pairs_in_level_order():
     assert a["pairs"] == 7 and a["pairwise"] == pytest.approx(5.5 / 7, abs=1e-4)
     assert a["triples"] == 2 and a["full_order"] == 0.5
     assert agreement([])["pairwise"] is None
+
+
+def test_a_rejected_then_edited_ticket_becomes_planner_targets_and_negatives(tmp_path):
+    from deployments.ticket_store import TicketStore
+    from training.data import planner_examples
+
+    store = TicketStore(tmp_path / "t.sqlite")
+    candidate = linear_workflow(["Check the pod logs", "Restart the pod"])
+    correction = linear_workflow(["Check the PVC usage", "Expand the volume"])
+    steps = [s.model_dump(mode="json") for s in candidate.steps]
+    for tid in ("t1", "t2"):
+        store.accept(tid, {"title": f"ticket {tid}"}, {})
+        store.complete(tid, {"best_index": 0, "expert": "smollm2-generalist",
+                             "candidates": [{"workflow": {"steps": steps, "edges": []}}]})
+    store.add_feedback("t1", "reject", 0)
+    store.add_feedback("t1", "edit", 0, workflow={"steps": [s.model_dump(mode="json") for s in correction.steps]})
+    store.add_feedback("t2", "reject", 0)
+    items = read_feedback(store.feedback())
+    [edit] = [f for f in items if f.ticket_id == "t1"]
+    assert edit.verdict == "edit" and edit.correction["steps"][0]["text"] == "Check the PVC usage"
+    examples = {e.ticket_id: e for e in planner_examples(items)}
+    assert examples["t1"].kind == "edit" and examples["t1"].is_pair
+    assert examples["t1"].chosen.startswith("1. Check the PVC usage") and "Restart the pod" in examples["t1"].rejected
+    assert examples["t2"].kind == "reject" and examples["t2"].chosen is None and examples["t2"].rejected

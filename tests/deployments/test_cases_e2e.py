@@ -1,0 +1,65 @@
+"""Case memory end to end on the shared session service: a ticket, its correction, and a paraphrase of it
+that gets the corrected workflow and cites the case. Ticket texts are far from every other e2e test's
+(no disk, DNS, ledger or certificate words), so the case they leave in the session's memory is never
+retrieved by those tests."""
+
+import httpx
+import pytest
+
+from core.stepscore import step_score
+from deployments.ticket_store import TicketStore
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+TICKET = {"id": "e2e-case-tape-1", "title": "Tape library robot arm jammed in backup vault B",
+          "description": "The nightly archive to LTO-8 tapes stalls at 3%; the library console shows a gripper "
+                         "fault on the robot arm."}
+PARAPHRASE = {"title": "Backup vault B: robotic arm of the tape library stuck, gripper fault",
+              "description": "Archive copy to the LTO-8 cartridges frozen at 3 percent since last night."}
+CORRECTION = ["Check the robot arm status on the tape library console",
+              "Is a cartridge stuck in the gripper? yes 3, no 4",
+              "[change] Eject the stuck cartridge with the manual release lever",
+              "Restart the archive job from its last checkpoint",
+              "[end] Resolved: the archive job writes to tape again"]
+
+
+def test_a_correction_becomes_a_case_that_a_paraphrase_follows_and_cites(service):
+    ticket_key = {"Authorization": f"Bearer {service.keys['ticket']}"}
+    r = service.post("/v1/tickets", params={"candidates": 1}, json=TICKET)
+    assert r.status_code == 200, r.text
+    tid = TICKET["id"]
+    fb_url = f"{service.url}/v1/tickets/{tid}/feedback"
+
+    # Bad feedback: a clear 4xx with the reason, and nothing stored.
+    store = TicketStore(f"{service.cfg.serve.state_dir}/tickets.sqlite")
+    bad = [("/v1/tickets/no-such-ticket/feedback", {"verdict": "edit", "steps": ["Check it"]}, 404, "no ticket"),
+           (f"/v1/tickets/{tid}/feedback", {"verdict": "edit"}, 422, "needs the corrected workflow"),
+           (f"/v1/tickets/{tid}/feedback", {"verdict": "edit", "mermaid": "flowchart TD\n A[oops --> "}, 422,
+            "malformed Mermaid"),
+           (f"/v1/tickets/{tid}/feedback", {"verdict": "edit", "mermaid": "flowchart TD\n A[a] --> B[b]\n B --> A"},
+            422, "no terminal")]
+    for path, body, status, reason in bad:
+        resp = httpx.post(service.url + path, json=body, headers=ticket_key, timeout=30)
+        assert resp.status_code == status and reason in resp.text, (body, resp.text)
+    assert store.feedback(ticket_id=tid) == []
+
+    fb = httpx.post(fb_url, headers=ticket_key, timeout=30, json={
+        "verdict": "edit", "steps": CORRECTION, "comment": "the arm jams, the tape is fine",
+        "outcome": {"status": "resolved", "step": 3}})
+    assert fb.status_code == 201, fb.text
+    assert fb.json()["case"] == f"case:{tid}" and fb.json()["outcome"] == {"status": "resolved", "step": "S3"}
+    [row] = store.feedback(ticket_id=tid)
+    assert row["verdict"] == "edit" and row["principal"] == "e2e-ticket"
+    assert [s["text"] for s in row["workflow"]["steps"]][0] == CORRECTION[0]
+
+    # The paraphrase (no shared title, other words) is answered from the case, and says so.
+    r = service.post("/v1/tickets", params={"candidates": 1}, json=PARAPHRASE)
+    assert r.status_code == 200, r.text
+    result = r.json()
+    cited = {c["ticket_id"]: c for c in result["similar_cases"]}
+    assert tid in cited and cited[tid]["verdict"] == "edit" and cited[tid]["reference"], result["similar_cases"]
+    assert result["knowledge"]["reference"] == f"case:{tid}" and f"case:{tid}" in result["context_ids"]
+    assert "cases" in result["timings_ms"]
+    steps = [s["text"] for s in result["workflow"]["steps"] if s["kind"] != "terminal"]
+    reference = [s["text"] for s in row["workflow"]["steps"] if s["kind"] != "terminal"]
+    assert step_score(steps, reference).f1 >= 80, result["workflow"]["mermaid"]
