@@ -258,6 +258,23 @@ class KnowledgeConfig(_Strict):
                                  "model's own. Calibrated with `flowrouter eval retrieval --calibrate`.")
 
 
+class ConsolidationConfig(_Strict):
+    """Memory -> knowledge: repeated or corrected cases proposed as new or revised incident nodes."""
+
+    periodic: bool = Field(default=False, description="Run consolidation in the ingress every `interval_s` and "
+                                                      "file a pending proposal when cases would change the base "
+                                                      "(an admin still approves it; nothing is applied by itself).")
+    interval_s: float = Field(default=86400, ge=60, description="Seconds between periodic runs (shared by every "
+                                                               "ingress replica: one run per interval).")
+    revise_relevance: float = Field(default=0.6, ge=0, le=4, description="Retrieval score an edited case's ticket "
+                                    "needs on an existing incident node for the correction to revise that node's "
+                                    "reference workflow; below it the case becomes a new node.")
+    case_similarity: float = Field(default=0.75, ge=0, le=1, description="MiniLM cosine at which two cases' tickets "
+                                   "count as the same incident (one new node for the group).")
+    min_repeats: int = Field(default=2, ge=1, le=100, description="Accepted cases of one incident no node covers "
+                             "that make a new node (an edited case needs only itself).")
+
+
 class CaseMemoryConfig(_Strict):
     """Case memory: tickets an operator accepted or corrected, retrieved for similar tickets."""
 
@@ -277,6 +294,9 @@ class CaseMemoryConfig(_Strict):
                                                                       "rest is MiniLM cosine).")
     edit_bonus: float = Field(default=0.05, ge=0, le=1, description="Added to an edited case's similarity: an "
                                                                    "operator's correction beats a plain accept.")
+    consolidate: ConsolidationConfig = Field(default_factory=ConsolidationConfig,
+                                             description="`flowrouter kb consolidate`, its admin API and the "
+                                                         "optional periodic job (docs/feedback.md).")
 
     @model_validator(mode="after")
     def _ordered(self):

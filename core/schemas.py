@@ -166,10 +166,12 @@ class Candidate(BaseModel):
     workflow: WorkflowOut
     scores: Scores
     raw_tokens: int = Field(default=0, description="Tokens the model generated for this candidate.")
-    origin: Literal["model"] = Field(default="model", description="Who wrote the workflow: always the expert "
-                                                                  "model (under the workflow grammar).")
-    decoding: Literal["greedy", "sampled"] = Field(default="sampled", description="greedy: the expert's greedy "
-                                                   "decode (always one of the N); sampled: a sampled one.")
+    origin: Literal["model", "case"] = Field(default="model", description="Who wrote the workflow: model, the "
+                                             "expert under the workflow grammar; case, an operator (the final "
+                                             "workflow of the past case the Planner followed as its reference).")
+    decoding: Literal["greedy", "sampled", "case"] = Field(default="sampled", description="greedy: the expert's "
+                                                           "greedy decode (always one of the N); sampled: a sampled "
+                                                           "one; case: the reference case's workflow, reused.")
     closed_early: bool = Field(default=False, description="The token budget ran out: the unfinished last step "
                                                           "was dropped and the workflow ends in a closing step.")
 
@@ -239,7 +241,8 @@ class PlanRequest(BaseModel):
 
 class PlanCandidate(BaseModel):
     workflow: Workflow
-    decoding: Literal["greedy", "sampled"]
+    decoding: Literal["greedy", "sampled", "case"] = Field(description="greedy / sampled: written by the expert; "
+                                                           "case: the reference case's final workflow, reused.")
     tokens: int = Field(description="Tokens generated.")
     closed_early: bool = False
     raw: str = Field(description="The text the model wrote (the workflow's line form).")

@@ -40,7 +40,7 @@ from core.schemas import (
 )
 from core.task_map import MapError, TaskMap
 from core.workflow import Workflow, WorkflowError
-from deployments import auth, console, openai_api
+from deployments import auth, console, kb_admin, openai_api
 from deployments.admission import Overloaded
 from deployments.alertmanager import AlertmanagerPayload, AlertmanagerReceipt, AlertReceiver, ticket_fields
 from deployments.flood import AlreadySubmitted, Deferred, FloodGate
@@ -65,6 +65,7 @@ app = FastAPI(
 )
 auth.install(app)     # API keys, roles, per-key rate limits (401/403/429), OpenAPI security: deployments/auth/
 console.install(app)  # the operator web console at /: deployments/console.py
+kb_admin.install(app)  # /v1/admin/kb: case memory consolidated into the knowledge base: deployments/kb_admin.py
 
 
 class BatchRequest(BaseModel):
@@ -159,6 +160,8 @@ class Ingress:
         self.webhooks.ensure_started()
         # Alertmanager's webhook: firing alerts in as async tickets, resolved ones closing them.
         self.alerts = AlertReceiver(self.flood, self.store, self.cfg.serve.max_ticket_chars)
+        # Memory -> knowledge: proposals from the cases, approved by an admin; cached answers predate a new version.
+        kb_admin.configure(knowledge_dir, self.cases, self.cfg.cases.consolidate, on_change=self.flood.cache.clear)
 
     # ---- live map --------------------------------------------------------------------------
     async def current_map(self) -> TaskMap:
@@ -205,7 +208,8 @@ class Ingress:
         timings["compute"] = (cls_out.compute_ms + plan.timings.retrieval_ms + plan.timings.generation_ms
                               + max((s.compute_ms for s in scored), default=0.0))
         candidates = [Candidate(index=i, workflow=WorkflowOut.of(c.workflow), scores=s.scores, raw_tokens=c.tokens,
-                                decoding=c.decoding, closed_early=c.closed_early)
+                                decoding=c.decoding, origin="case" if c.decoding == "case" else "model",
+                                closed_early=c.closed_early)
                       for i, (c, s) in enumerate(zip(plan.candidates, scored))]
         best = candidates[best_index([c.scores for c in candidates])]
         timings["total"] = (time.perf_counter() - t0) * 1000
@@ -340,6 +344,7 @@ class Ingress:
     async def check_health(self) -> None:
         self.flood.worker.ensure_started()  # (re)start the durable worker if its loop is not running
         self.webhooks.ensure_started()  # and the webhook sender (deliveries left pending by a restart)
+        kb_admin.ensure_started()  # and the periodic consolidation, when configured
 
     @app.post("/v1/tickets/batch", response_model=BatchResult, summary="Solve several tickets")
     async def post_batch(self, body: BatchRequest,

@@ -14,8 +14,10 @@ model copies the closest list it has seen, so what it is shown decides what it w
 - the best case at or above `reference_similarity` is the reference, shown last, right before the
   ticket. A corrected case (edit) is shown alone: it replaces the runbooks it corrected, and any other
   list in the prompt would only be blended in. An accepted case agrees with its runbooks, which stay
-  shown before it. The Scorer then judges grounding against the case's workflow, so best-of-N prefers
-  the candidate that follows the correction;
+  shown before it. The reference case's own final workflow also joins the N candidates (decoding
+  `case`): a small model paraphrases even a list it is shown, and an operator's correction of a ticket
+  this close is usually the answer. The Scorer judges every candidate, the case included, against the
+  case's workflow, so best-of-N prefers the correction or a candidate that follows it;
 - below it, cases at or above `min_similarity` are shown before the runbooks (the runbook stays the
   closest list);
 - every case retrieved is returned as `similar_cases`.
@@ -30,7 +32,7 @@ from typing import Protocol
 from core.config import CaseMemoryConfig, ModelSpec, PlannerConfig
 from core.embeddings import shared_embedder
 from core.schemas import KnowledgeItem, KnowledgeUse, PlanCandidate, PlanRequest, ScoringContext, SimilarCase
-from core.workflow import GrammarSpec, WorkflowError, gbnf, read_workflow
+from core.workflow import GrammarSpec, WorkflowError, gbnf, read_workflow, render_lines
 from experts.engines.base import Engine, Generation, SamplingParams
 from experts.knowledge.cases import CaseHit, CaseIndex
 from experts.knowledge.lexical import terms
@@ -138,6 +140,18 @@ def similar_cases(grounding: Grounding | None) -> list[SimilarCase]:
     ref = grounding.reference.case.ticket_id if grounding.reference is not None else None
     return [SimilarCase(ticket_id=h.case.ticket_id, similarity=h.similarity, verdict=h.case.verdict,
                         title=h.case.title[:200], reference=h.case.ticket_id == ref) for h in grounding.hits]
+
+
+def case_candidate(case) -> PlanCandidate:
+    """The reference case's final workflow as a candidate, every step citing the case."""
+    wf = case.workflow.model_copy(deep=True)
+    for step in wf.steps:
+        step.source = case.id
+    try:
+        raw = render_lines(wf)
+    except WorkflowError:
+        raw = wf.to_text()
+    return PlanCandidate(workflow=wf, decoding="case", tokens=0, raw=raw)
 
 
 def step_sources(text: str, context, cases: list[CaseHit] = ()) -> dict[int, str]:
@@ -280,4 +294,6 @@ class Planner:
             decoding = "greedy" if k == 0 else "sampled"
             candidates.append(PlanCandidate(workflow=wf, decoding=decoding, tokens=toks, closed_early=not done,
                                             raw=text))
+        if grounding is not None and grounding.reference is not None:
+            candidates.append(case_candidate(grounding.reference.case))
         return Plan(candidates, dropped, knowledge, scoring, prompt_tokens, similar_cases(grounding))

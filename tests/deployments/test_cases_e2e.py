@@ -63,3 +63,34 @@ def test_a_correction_becomes_a_case_that_a_paraphrase_follows_and_cites(service
     steps = [s["text"] for s in result["workflow"]["steps"] if s["kind"] != "terminal"]
     reference = [s["text"] for s in row["workflow"]["steps"] if s["kind"] != "terminal"]
     assert step_score(steps, reference).f1 >= 80, result["workflow"]["mermaid"]
+
+
+def test_consolidate_over_the_admin_api_serves_a_new_version_and_rolls_back(service):
+    """The corrected case (above) proposed as a new incident node, approved by an admin, served by the running
+    Planners without a restart, then rolled back (later tests see the base the session started with)."""
+    ticket_key = {"Authorization": f"Bearer {service.keys['ticket']}"}
+    tid = TICKET["id"]
+    if not TicketStore(f"{service.cfg.serve.state_dir}/tickets.sqlite").feedback(ticket_id=tid):
+        r = service.post("/v1/tickets", params={"candidates": 1}, json=TICKET)
+        assert r.status_code == 200, r.text
+        fb = service.post(f"/v1/tickets/{tid}/feedback", json={"verdict": "edit", "steps": CORRECTION})
+        assert fb.status_code == 201, fb.text
+    assert service.post("/v1/admin/kb/consolidate", headers=ticket_key).status_code == 403
+    before = service.get("/v1/admin/kb").json()
+    r = service.post("/v1/admin/kb/consolidate")
+    assert r.status_code == 200, r.text
+    p = r.json()
+    mine = [c for c in p["changes"] if tid in c["cases"]]
+    assert p["status"] == "pending" and mine and mine[0]["kind"] == "add", p["diff"]
+    assert service.get("/v1/admin/kb").json()["current"] == before["current"]  # nothing without approval
+    done = service.post(f"/v1/admin/kb/proposals/{p['id']}/approve").json()
+    assert done["status"] == "approved" and done["decided_by"] == "e2e-admin"
+    try:
+        assert service.get("/v1/admin/kb").json()["current"] == done["version"] != before["current"]
+        r = service.post("/v1/tickets", params={"candidates": 1},
+                         json={**PARAPHRASE, "description": PARAPHRASE["description"] + " Vault B again."})
+        assert r.status_code == 200, r.text
+        assert r.json()["knowledge_version"] == done["version"]  # picked up by the running Planner
+    finally:
+        back = service.post("/v1/admin/kb/rollback")
+        assert back.status_code == 200 and back.json()["current"] == before["current"], back.text

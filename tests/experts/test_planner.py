@@ -184,6 +184,20 @@ def test_a_corrected_case_above_the_reference_similarity_replaces_the_runbook(tm
     assert plan.scoring.reference_steps == CORRECTED, "the Scorer grounds candidates in the correction"
     [sim] = plan.similar_cases
     assert sim.ticket_id == "past-1" and sim.verdict == "edit" and sim.reference and sim.similarity >= 0.55
+    # The correction itself competes in best-of-N, after the model's own candidates.
+    assert [c.decoding for c in plan.candidates] == ["greedy", "case"]
+    case = plan.candidates[-1]
+    assert case.workflow.action_steps() == CORRECTED and case.tokens == 0
+    assert {s.source for s in case.workflow.steps} == {"case:past-1"}
+    assert case.raw.startswith("1. Check the pg_wal size with du -sh")
+
+
+def test_a_case_below_the_reference_similarity_adds_no_candidate(tmp_path):
+    engine = ScriptedEngine([GOOD])
+    planner = _case_planner(tmp_path, engine, [_edited(text="postgres WAL volume filling on db-07")],
+                            reference=0.99, shown=0.2)
+    [plan] = planner.plan([PlanRequest(ticket="db-01 disk 97% full postgres cannot write WAL", n=1)])
+    assert [c.decoding for c in plan.candidates] == ["greedy"]
 
 
 def test_a_less_similar_case_is_shown_before_the_runbook_which_stays_the_reference(tmp_path):
