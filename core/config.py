@@ -269,6 +269,10 @@ class ConsolidationConfig(_Strict):
     revise_relevance: float = Field(default=0.6, ge=0, le=4, description="Retrieval score an edited case's ticket "
                                     "needs on an existing incident node for the correction to revise that node's "
                                     "reference workflow; below it the case becomes a new node.")
+    revise_overlap: float = Field(default=0.2, ge=0, le=1, description="Word-overlap step F1 (0-1) a correction "
+                                  "needs with the retrieved node's workflow to revise it: a correction that keeps "
+                                  "almost nothing of that workflow describes another incident, and becomes a new "
+                                  "node instead of overwriting a sibling runbook.")
     case_similarity: float = Field(default=0.75, ge=0, le=1, description="MiniLM cosine at which two cases' tickets "
                                    "count as the same incident (one new node for the group).")
     min_repeats: int = Field(default=2, ge=1, le=100, description="Accepted cases of one incident no node covers "

@@ -124,3 +124,22 @@ def step_scores(pairs: Sequence[tuple[WorkflowLike | None, WorkflowLike | None]]
         rv = vecs[[index[s] for s in r]] if r else np.zeros((0, vecs.shape[1]), np.float32)
         out.append(_score(gv, rv))
     return out
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2)
+
+
+def lexical_step_f1(generated: Sequence[str], reference: Sequence[str]) -> float:
+    """STEPScore's F1 with word-set Jaccard in place of MiniLM cosine (0-1, no model): cheap enough for a reward
+    computed on every sample, and for comparing a correction with the workflow it replaces."""
+    a, b = [_words(x) for x in generated], [_words(x) for x in reference]
+    if not a or not b:
+        return 0.0
+
+    def best(x: frozenset, ys: list[frozenset]) -> float:
+        return max((len(x & y) / len(x | y) if x | y else 0.0) for y in ys)
+
+    p = sum(best(x, b) for x in a) / len(a)
+    r = sum(best(y, a) for y in b) / len(b)
+    return 2 * p * r / (p + r) if p + r else 0.0

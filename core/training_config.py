@@ -96,6 +96,27 @@ class ScorerDPOConfig(StageSettings):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Scorer adapter.")
 
 
+class PlannerCorrectionsConfig(StageSettings):
+    """Operators' corrections as Planner data, before each iteration's RL: the corrected workflow is an SFT target
+    and is preferred over the candidate it replaced (trl DPO with an added SFT loss on the chosen side)."""
+
+    enabled: bool = Field(default=True, description="Train on corrections when the feedback has any (edits, and "
+                                                    "rejects of a ticket that was later corrected).")
+    learning_rate: float = Field(default=5e-5, gt=0, le=1, description="AdamW learning rate of the adapter.")
+    steps: int | None = Field(default=None, ge=1, description="Optimizer steps per iteration; None is one epoch "
+                                                              "over the correction pairs.")
+    batch_size: int = Field(default=2, ge=1, le=64, description="Pairs per optimizer step.")
+    beta: float = Field(default=0.1, gt=0, le=10, description="DPO temperature (strength of the implicit KL to "
+                                                             "the Planner the stage starts from).")
+    sft_weight: float = Field(default=1.0, ge=0, le=10, description="Weight of the SFT loss on the correction "
+                                                                    "next to the DPO loss (weight 1).")
+    max_length: int = Field(default=1024, ge=64, le=8192, description="Longest prompt+workflow in tokens; longer "
+                                                                      "pairs are left out, never truncated.")
+    reward_weight: float = Field(default=1.0, ge=0, description="Weight, in Planner RL, of the reward for "
+                                 "following a ticket's correction and for moving away from its rejected "
+                                 "candidate (only for tickets that have them).")
+
+
 class ClassifierSFTConfig(StageSettings):
     """Supervised fine-tuning of the classifier LLM (`flowrouter train classifier`): a LoRA adapter trained on the
     labeled queries with the prompt the service asks (task list, retrieved examples, ticket) and the task name as
@@ -154,8 +175,10 @@ class TrainingConfig(_Strict):
     max_queries: int | None = Field(default=None, ge=1, description="Use at most this many training queries per "
                                     "iteration (deterministic sample).")
     feedback: bool = Field(default=True, description="Add operator feedback from the service's ticket store: "
-                                                     "accepted/rejected workflows join the Scorer's DPO data, "
-                                                     "accepted tickets join the Planner's queries.")
+                                                     "accepted/rejected workflows and corrections join the "
+                                                     "Scorer's DPO data; accepted, corrected and rejected tickets "
+                                                     "join the Planner's queries, corrections its targets and "
+                                                     "pairs (planner_corrections).")
     seed: int = Field(default=0, description="Seed of sampling, data order and adapter initialisation.")
     output_dir: str | None = Field(default=None, description="Where versioned adapters go (default "
                                                              "<cache>/training).")
@@ -165,6 +188,9 @@ class TrainingConfig(_Strict):
                                                                    "GPU clusters: jobs then run on GPUs).")
     planner_rl: PlannerRLConfig = Field(default_factory=PlannerRLConfig, description="Planner RL stage.")
     scorer_dpo: ScorerDPOConfig = Field(default_factory=ScorerDPOConfig, description="Scorer DPO stage.")
+    planner_corrections: PlannerCorrectionsConfig = Field(default_factory=PlannerCorrectionsConfig,
+                                                          description="Operators' corrections as Planner targets, "
+                                                                      "pairs and RL reward.")
     gate: GateConfig = Field(default_factory=GateConfig, description="Promotion rule.")
     classifier_sft: ClassifierSFTConfig = Field(default_factory=ClassifierSFTConfig, description="Fine-tuning "
                                                 "of the classifier LLM (`flowrouter train classifier`).")

@@ -39,8 +39,9 @@ REASONS = {
     "400": "Malformed request (bad Content-Length, or a parameter the endpoint cannot use).",
     "401": "No API key, or an unknown one (Authorization: Bearer <key> or X-API-Key).",
     "403": "The API key lacks the role this operation needs (or a non-loopback Host in open mode).",
-    "404": "The named ticket, expert, model or key does not exist.",
-    "409": "Conflicts with the current state (duplicate id, no result yet, refused map, last admin key).",
+    "404": "The named ticket, expert, model, key or proposal does not exist.",
+    "409": "Conflicts with the current state (duplicate id, no result yet, refused map, last admin key, a "
+           "proposal that is not pending or stale, no version to roll back to).",
     "413": "Request body, ticket text or batch over its size limit.",
     "422": "Invalid request: field-by-field reasons in `errors`.",
     "429": "Rate limit or admission limit reached; retry after Retry-After seconds.",
@@ -59,6 +60,13 @@ EXTRA: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/v1/map/rollback"): ("409",),
     ("post", "/v1/admin/keys"): ("409",),
     ("delete", "/v1/admin/keys/{key_id}"): ("409",),
+    ("get", "/v1/admin/kb"): ("409",),
+    ("post", "/v1/admin/kb/consolidate"): ("409",),
+    ("get", "/v1/admin/kb/proposals"): ("409",),
+    ("get", "/v1/admin/kb/proposals/{proposal_id}"): ("404", "409"),
+    ("post", "/v1/admin/kb/proposals/{proposal_id}/approve"): ("404", "409"),
+    ("post", "/v1/admin/kb/proposals/{proposal_id}/reject"): ("404", "409"),
+    ("post", "/v1/admin/kb/rollback"): ("409",),
 }
 
 SECURITY_SCHEMES = {

@@ -1,7 +1,8 @@
 """`flowrouter train`: plan one job per expert, run them on the actor pool, gate, optionally publish.
 
     cases  -> train / held-out split (hash of the case id)
-    train  -> queries (+ accepted tickets from operator feedback, + a query file)
+    train  -> queries (+ accepted, corrected and rejected tickets from operator feedback, + a query file)
+    feedback -> corrections as Planner targets and pairs (training/job.py), verdicts as Scorer rows
     jobs   -> training/pool.py (Ray actors) or in-process
     result -> gate per expert (training/gate.py) -> publish to the live service when asked
 
@@ -91,15 +92,19 @@ def plan_jobs(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, liv
     feedback = []
     if tc.feedback and feedback_rows:
         feedback = tdata.read_feedback(feedback_rows)
+    # Operators' corrections (AOI's corrective signal): Planner targets, pairs and RL reward, Scorer rows.
+    examples = tdata.planner_examples(feedback)
     out_root = opts.out_root or tc.output_dir or str(cache_dir() / "training")
     jobs = []
     for name in experts:
         spec = specs[name]
         family = {e.name for e in cfg.experts if expert_root(e.name) == expert_root(spec.name)}
-        queries = base_queries + tdata.feedback_queries(feedback, spec.name, family)
+        queries = base_queries + tdata.feedback_queries(feedback, spec.name, family) + \
+            tdata.correction_queries(examples, spec.name, family)
         jobs.append(TrainJob(expert=spec, scorer=cfg.scorer.model, config=cfg.model_dump(mode="json",
                                                                                             exclude={"source"}),
                              iterations=opts.iterations, queries=queries, holdout=held, feedback=feedback,
+                             corrections=tdata.correction_pairs(examples, spec.name, family),
                              knowledge_dir=knowledge_dir, out_root=out_root, rl_steps=opts.rl_steps,
                              dpo_steps=opts.dpo_steps, evaluate=opts.evaluate))
     return jobs

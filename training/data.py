@@ -33,7 +33,12 @@ class TrainQuery(BaseModel):
     text: str = Field(description="What the Planner is asked (ticket title + description).")
     source: str | None = Field(default=None, description="Runbook file the query came from (retrieval may hide "
                                                          "it when training on held-out knowledge).")
-    origin: str = Field(default="runbook", description="runbook, feedback or file.")
+    origin: str = Field(default="runbook", description="runbook, feedback (accepted), correction (edited or "
+                                                       "rejected) or file.")
+    target: str | None = Field(default=None, description="correction: the operator's workflow in line form (RL "
+                                                         "rewards following it).")
+    negative: str | None = Field(default=None, description="correction: the rejected or corrected candidate in line "
+                                                           "form (RL rewards moving away from it).")
 
 
 class FeedbackItem(BaseModel):
@@ -188,6 +193,33 @@ def feedback_queries(items: list[FeedbackItem], expert: str | None = None, roots
         seen.add(f.ticket_id)
         out.append(TrainQuery(id=f"ticket:{f.ticket_id}", text=f.ticket, origin="feedback"))
     return out
+
+
+def _in_family(name: str | None, expert: str | None, roots: set[str] | None) -> bool:
+    return expert is None or name == expert or bool(roots and name in roots)
+
+
+def correction_queries(examples: list[PlannerExample], expert: str | None = None, roots: set[str] | None = None
+                       ) -> list[TrainQuery]:
+    """Edited and rejected tickets of `expert` (or its family `roots`) as Planner queries that carry their
+    correction (`target`) and their rejected candidate (`negative`) for the RL reward."""
+    out = []
+    for e in examples:
+        if e.kind == "accept" or not _in_family(e.expert, expert, roots):
+            continue
+        out.append(TrainQuery(id=f"ticket:{e.ticket_id}", text=e.ticket, origin="correction", target=e.chosen,
+                              negative=e.rejected))
+    by_id: dict[str, TrainQuery] = {}
+    for q in out:  # a ticket judged on two candidates: keep the query that has the correction
+        if q.id not in by_id or (by_id[q.id].target is None and q.target is not None):
+            by_id[q.id] = q
+    return list(by_id.values())
+
+
+def correction_pairs(examples: list[PlannerExample], expert: str | None = None, roots: set[str] | None = None
+                     ) -> list[PlannerExample]:
+    """The examples with both sides (the correction over the candidate it replaced): SFT target and DPO pair."""
+    return [e for e in examples if e.is_pair and _in_family(e.expert, expert, roots)]
 
 
 # ---- knowledge levels -------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """One expert's coevolution job: K iterations of (Planner RL epoch, Scorer DPO epoch), then its report.
 
     iteration 0   the serving Planner and Scorer: held-out STEPScore, Scorer agreement
-    iteration i   Planner GRPO with the current Scorer as reward (from the previous Planner adapter)
+    iteration i   (operators' corrections, when there are any) Planner DPO + SFT on them
+                  Planner GRPO with the current Scorer as reward (from the previous Planner adapter; tickets
+                  operators corrected or rejected add a reward toward the correction, away from the rejected one)
                   -> the new Planner writes good / fair / poor workflows for the training queries
                   -> pairs the current Scorer does not contradict (+ operator feedback) -> Scorer DPO
                   -> agreement of the new Scorer on held-out triples (and STEPScore when asked)
@@ -35,7 +37,7 @@ from experts.scorer import Scorer
 from leaderboard.workflow_cases import WorkflowCase
 from leaderboard.workflow_eval import InProcessService, evaluate
 from training import artifacts
-from training.data import ExcludingRetriever, FeedbackItem, TrainQuery, sample
+from training.data import ExcludingRetriever, FeedbackItem, PlannerExample, TrainQuery, sample
 from training.lora import Progress
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class TrainJob(BaseModel):
     queries: list[TrainQuery] = Field(description="Training queries (no references needed).")
     holdout: list[WorkflowCase] = Field(default_factory=list, description="Held-out cases for the gate.")
     feedback: list[FeedbackItem] = Field(default_factory=list, description="Operator verdicts for Scorer DPO.")
+    corrections: list[PlannerExample] = Field(default_factory=list, description="Operators' corrections over the "
+                                              "candidates they replaced: Planner SFT targets and DPO pairs.")
     knowledge_dir: str | None = Field(default=None, description="Knowledge base the Planner is grounded in.")
     out_root: str = Field(description="Root of versioned training output.")
     rl_steps: int | None = Field(default=None, description="Override: Planner RL steps per iteration.")
@@ -104,7 +108,9 @@ def _initial_metrics(job: TrainJob, tc: TrainingConfig, root: str, version: int,
             "algorithms": {"planner": tc.planner_rl.algorithm, "scorer": tc.scorer_dpo.algorithm},
             "data": {"train_queries": len(job.queries),
                      "feedback_queries": sum(q.origin == "feedback" for q in job.queries),
-                     "feedback_verdicts": len(job.feedback), "holdout_cases": len(job.holdout),
+                     "feedback_verdicts": len(job.feedback),
+                     "correction_queries": sum(q.origin == "correction" for q in job.queries),
+                     "correction_pairs": len(job.corrections), "holdout_cases": len(job.holdout),
                      "holdout_ids": [c.id for c in job.holdout]},
             "serving": {"planner_adapter": job.expert.adapter, "scorer_adapter": job.scorer.adapter},
             "iterations": [], "libraries": artifacts.library_versions()}
@@ -221,14 +227,46 @@ class _JobRun:
 
     # ---- iteration i -----------------------------------------------------------------------------
     def coevolve(self, i: int) -> None:
-        """Iteration i: Planner RL, then Scorer DPO, then the gate's measurements of both."""
+        """Iteration i: the corrections stage (when operators corrected tickets), Planner RL, then Scorer DPO,
+        then the gate's measurements of both."""
         tag = f"iteration {i}/{self.job.iterations}"
         it: dict = {"iteration": i}
+        if self.job.corrections and self.tc.planner_corrections.enabled:
+            it["corrections"] = self.train_corrections(i, tag)
         it["rl"] = self.train_planner(i, tag)
         it["dpo"] = self.train_scorer(i, tag)
         self.evaluate_iteration(it, tag)
         self.metrics["iterations"].append(it)
         self.attach_gate_metrics(it)
+
+    def train_corrections(self, i: int, tag: str) -> dict:
+        """Operators' corrections on the Planner's own prompts: DPO (correction over the candidate it replaced) plus
+        SFT on the correction, from the previous Planner adapter; reload it."""
+        from training.scorer_dpo import train_scorer
+
+        cc = self.tc.planner_corrections
+        planner = Planner(self.expert, self.planner_engine, self.cfg.planner)
+        rows = [{"prompt": planner.prompt(e.ticket, self.rl_context(TrainQuery(id=e.ticket_id, text=e.ticket))),
+                 "chosen": e.chosen, "rejected": e.rejected, "kind": f"correction:{e.kind}"}
+                for e in self.job.corrections]
+        self.planner_engine.close()
+        del planner
+        self.planner_engine = None
+        stage = train_scorer(weights=self.planner_weights, init_adapter=self.planner_adapter,
+                             out_dir=self.partial / f"iter-{i}" / "planner-corrections", rows=rows, cfg=cc,
+                             seed=self.tc.seed + i, steps=cc.steps, progress=self.progress,
+                             stage=f"{tag} planner corrections", loss_type=("sigmoid", "sft"),
+                             loss_weights=(1.0, cc.sft_weight), lora=self.rl.lora)
+        summary = _summary(stage)
+        self.metas.append((Path(stage.adapter), {
+            "kind": "planner-corrections", "expert": self.job.expert.name, "root": self.root,
+            "base": self.expert.base, "parent_adapter": self.planner_adapter, "iteration": i,
+            "version": self.version, "algorithm": "dpo+sft", "config": cc.model_dump(), "seed": self.tc.seed + i,
+            "data": {"pairs": len(rows), "tickets": [e.ticket_id for e in self.job.corrections], **stage.data},
+            "metrics": _stage_metrics(summary)}))
+        self.planner_adapter = stage.adapter
+        self.planner_engine = _engine(self.expert, self.planner_adapter, self.tc.threads)
+        return summary
 
     def train_planner(self, i: int, tag: str) -> dict:
         """Planner GRPO with the current Scorer as reward, from the previous Planner adapter; reload it."""
@@ -236,6 +274,9 @@ class _JobRun:
 
         planner = Planner(self.expert, self.planner_engine, self.cfg.planner)
         rows = [{"prompt": planner.prompt(q.text, self.rl_context(q)), "ticket": q.text} for q in self.job.queries]
+        if any(q.target or q.negative for q in self.job.queries):  # the correction reward's columns
+            for row, q in zip(rows, self.job.queries):
+                row.update(target=q.target or "", negative=q.negative or "")
         # Training loads its own copy of the weights: drop the serving one first.
         self.planner_engine.close()
         del planner
@@ -243,7 +284,8 @@ class _JobRun:
         stage = train_planner(weights=self.planner_weights, init_adapter=self.planner_adapter,
                               out_dir=self.partial / f"iter-{i}" / "planner", rows=rows, scorer=self.scorer,
                               cfg=self.rl, seed=self.tc.seed + i, steps=self.job.rl_steps, progress=self.progress,
-                              stage=f"{tag} planner RL")
+                              stage=f"{tag} planner RL",
+                              correction_weight=self.tc.planner_corrections.reward_weight)
         summary = _summary(stage)
         self.metas.append((Path(stage.adapter), {
             "kind": "planner", "expert": self.job.expert.name, "root": self.root, "base": self.expert.base,

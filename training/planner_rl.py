@@ -19,7 +19,7 @@ from pathlib import Path
 
 from core.training_config import PlannerRLConfig
 from training.lora import Progress, common_args, load_tokenizer, recorder, trainable_model
-from training.rewards import ScorerReward, make_format_reward
+from training.rewards import ScorerReward, make_correction_reward, make_format_reward
 
 
 @dataclass
@@ -49,8 +49,10 @@ def rl_steps(n_queries: int, cfg: PlannerRLConfig, steps: int | None) -> int:
 
 def train_planner(*, weights: str | Path, init_adapter: str | None, out_dir: str | Path, rows: list[dict],
                   scorer, cfg: PlannerRLConfig, seed: int, steps: int | None = None,
-                  progress: Progress | None = None, stage: str = "planner RL") -> StageResult:
-    """Train the Planner adapter on `rows` ({prompt, ticket}) and save it to `out_dir`."""
+                  progress: Progress | None = None, stage: str = "planner RL",
+                  correction_weight: float = 0.0) -> StageResult:
+    """Train the Planner adapter on `rows` ({prompt, ticket}, and `target` / `negative` where operators corrected
+    or rejected a ticket: `correction_weight` then weighs the reward toward and away from them) and save it."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -63,6 +65,10 @@ def train_planner(*, weights: str | Path, init_adapter: str | None, out_dir: str
     rewards = [ScorerReward(scorer, max_tokens=cfg.max_completion_length),
                make_format_reward(cfg.max_completion_length)]
     rewards[1].__name__ = "format_reward"
+    weights = [cfg.scorer_weight, cfg.format_weight]
+    if correction_weight > 0 and any(r.get("target") or r.get("negative") for r in rows):
+        rewards.append(make_correction_reward(cfg.max_completion_length))
+        weights.append(correction_weight)
     rec = recorder(stage, total, progress)
     with tempfile.TemporaryDirectory(prefix="grpo-") as tmp:
         args = GRPOConfig(
@@ -77,7 +83,7 @@ def train_planner(*, weights: str | Path, init_adapter: str | None, out_dir: str
             epsilon=cfg.epsilon,
             loss_type=cfg.loss_type,
             scale_rewards="group",
-            reward_weights=[cfg.scorer_weight, cfg.format_weight],
+            reward_weights=weights,
             shuffle_dataset=True,
             remove_unused_columns=False,
         )
@@ -93,4 +99,6 @@ def train_planner(*, weights: str | Path, init_adapter: str | None, out_dir: str
     del trainer, model
     gc.collect()
     return StageResult(adapter=str(out), steps=total, seconds=round(seconds, 2), history=rec.rows,
-                       step_seconds=rec.step_seconds, data={"queries": len(rows)})
+                       step_seconds=rec.step_seconds,
+                       data={"queries": len(rows), "correction_queries": sum(bool(r.get("target") or r.get("negative"))
+                                                                             for r in rows)})

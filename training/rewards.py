@@ -8,6 +8,9 @@ trl passes every dataset column as a keyword list aligned with `completions` (he
   structure and grounding), mapped onto 0..1; a completion that is not a workflow gets 0.
 - `workflow_format_reward`: how much of the completion is a workflow of the serving grammar, with
   credit for its structure (a decision with both branches, observe before change, distinct steps).
+- `correction_reward`: for tickets an operator corrected or rejected, how closely the workflow follows the
+  correction minus how closely it follows the rejected candidate (step-matched word overlap, -1..1; 0 for
+  tickets without either). Used only when some training query has one.
 
 Completions are read exactly as the serving Planner reads a sample (`core.workflow.read_workflow`
 with the Planner's grammar), so a reward never disagrees with serving about what parses.
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core.workflow import GrammarSpec, Workflow, WorkflowError, read_workflow
+from core.stepscore import lexical_step_f1
+from core.workflow import GrammarSpec, Workflow, WorkflowError, parse_lines, read_workflow
 from core.workflow.grammar import grammar_lines
 
 MIN_STEPS, MAX_STEPS = 4, 9
@@ -111,3 +115,32 @@ class ScorerReward:
         for wf in workflows:
             out.append(0.0 if wf is None else round(max(0.0, (next(scores).rank - low) / (high - low)), 6))
         return out
+
+
+def _reference_steps(lines: str | None) -> list[str]:
+    if not lines:
+        return []
+    try:
+        return parse_lines(lines).action_steps()
+    except WorkflowError:
+        return []
+
+
+def make_correction_reward(max_tokens: int | None = None, spec: GrammarSpec = SERVING_GRAMMAR):
+    """Reward toward a ticket's correction (`target` column) and away from its rejected candidate (`negative`)."""
+
+    def correction_reward(prompts: Sequence | None = None, completions: Sequence = (), target: Sequence | None = None,
+                          negative: Sequence | None = None, completion_ids: Sequence | None = None,
+                          **_) -> list[float]:
+        ids = completion_ids or [None] * len(completions)
+        targets = target or [None] * len(completions)
+        negatives = negative or [None] * len(completions)
+        out = []
+        for c, i, t, n in zip(completions, ids, targets, negatives):
+            good, bad = _reference_steps(t), _reference_steps(n)
+            wf = completion_workflow(c, _truncated(i, max_tokens), spec) if good or bad else None
+            steps = wf.action_steps() if wf is not None else []
+            out.append(round(lexical_step_f1(steps, good) - lexical_step_f1(steps, bad), 6) if steps else 0.0)
+        return out
+
+    return correction_reward

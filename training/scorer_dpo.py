@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.schemas import PlanRequest
-from core.training_config import ScorerDPOConfig
+from core.training_config import LoraSettings, PlannerCorrectionsConfig, ScorerDPOConfig
 from core.workflow import Workflow
 from experts.prompts import SCORER_SYSTEM, scorer_user_message
 from experts.scorer import workflow_text
@@ -133,24 +133,28 @@ def preference_rows(triples: list[Triple], scores: list[dict[str, float]], engin
 
 
 def feedback_rows(items: list[FeedbackItem], engine, dimensions: list[str], cfg: ScorerDPOConfig) -> list[dict]:
-    """Operator verdicts as DPO rows: accepted prefers 5 over 1, rejected 1 over 5 (not validated:
-    an operator's verdict is the label)."""
-    rows, k = [], 0
+    """Operator verdicts as DPO rows: accepted prefers 5 over 1, rejected (and a corrected candidate) 1 over 5, an
+    operator's correction 5 over 1 (not validated: an operator's verdict is the label)."""
+    judged = []
     for f in items:
+        judged.append((f.ticket, f.workflow, f.verdict == "accept", f"feedback:{f.verdict}"))
+        if f.verdict == "edit" and f.correction:
+            judged.append((f.ticket, f.correction, True, "feedback:correction"))
+    rows, k = [], 0
+    for ticket, workflow, good, kind in judged:
         try:
-            wf = Workflow.model_validate(f.workflow).validate_graph()
+            wf = Workflow.model_validate(workflow).validate_graph()
         except Exception:
             continue
-        good = f.verdict == "accept"
         for j in range(cfg.dimensions_per_pair):
             dim = dimensions[(k + j) % len(dimensions)]
-            rows.append({"prompt": _prompt(engine, f.ticket, wf, dim), "chosen": " 5" if good else " 1",
-                         "rejected": " 1" if good else " 5", "kind": f"feedback:{f.verdict}", "dimension": dim})
+            rows.append({"prompt": _prompt(engine, ticket, wf, dim), "chosen": " 5" if good else " 1",
+                         "rejected": " 1" if good else " 5", "kind": kind, "dimension": dim})
         k += cfg.dimensions_per_pair
     return rows
 
 
-def dpo_steps(n_rows: int, cfg: ScorerDPOConfig, steps: int | None) -> int:
+def dpo_steps(n_rows: int, cfg: ScorerDPOConfig | PlannerCorrectionsConfig, steps: int | None) -> int:
     if steps:
         return steps
     if cfg.steps:
@@ -159,9 +163,13 @@ def dpo_steps(n_rows: int, cfg: ScorerDPOConfig, steps: int | None) -> int:
 
 
 def train_scorer(*, weights: str | Path, init_adapter: str | None, out_dir: str | Path, rows: list[dict],
-                 cfg: ScorerDPOConfig, seed: int, steps: int | None = None, progress: Progress | None = None,
-                 stage: str = "scorer DPO") -> StageResult:
-    """One epoch of DPO on `rows` ({prompt, chosen, rejected}); saves the Scorer adapter to `out_dir`."""
+                 cfg: ScorerDPOConfig | PlannerCorrectionsConfig, seed: int, steps: int | None = None,
+                 progress: Progress | None = None, stage: str = "scorer DPO", loss_type: tuple[str, ...] = ("sigmoid",),
+                 loss_weights: tuple[float, ...] | None = None, lora: LoraSettings | None = None) -> StageResult:
+    """One epoch of DPO on `rows` ({prompt, chosen, rejected}); saves the adapter to `out_dir`.
+
+    The Scorer's stage; the Planner's corrections stage uses it too, with an SFT loss beside the DPO loss
+    (`loss_type`, `loss_weights`) and the Planner's LoRA settings (`lora`, default `cfg.lora`)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -170,19 +178,21 @@ def train_scorer(*, weights: str | Path, init_adapter: str | None, out_dir: str 
     tok = load_tokenizer(weights)
     # Rows are never truncated (the end of a Scorer prompt is the question being answered): longer
     # rows are left out and counted.
-    fits = [r for r in rows if len(tok(r["prompt"] + r["chosen"])["input_ids"]) + 2 <= cfg.max_length]
+    fits = [r for r in rows
+            if len(tok(r["prompt"] + max(r["chosen"], r["rejected"], key=len))["input_ids"]) + 2 <= cfg.max_length]
     if not fits:
-        raise ValueError(f"every Scorer DPO row is longer than scorer_dpo.max_length={cfg.max_length} tokens")
+        raise ValueError(f"every {stage} row is longer than max_length={cfg.max_length} tokens")
     too_long, rows = len(rows) - len(fits), fits
     total = dpo_steps(len(rows), cfg, steps)
-    model = trainable_model(weights, init_adapter, cfg.lora, seed)
+    model = trainable_model(weights, init_adapter, lora or cfg.lora, seed)
     rec = recorder(stage, total, progress)
     data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
                               for r in rows])
     with tempfile.TemporaryDirectory(prefix="dpo-") as tmp:
         args = DPOConfig(**common_args(tmp, seed, total, cfg),
                          per_device_train_batch_size=cfg.batch_size, beta=cfg.beta, max_length=cfg.max_length,
-                         truncation_mode="keep_start")
+                         truncation_mode="keep_start", loss_type=list(loss_type),
+                         loss_weights=list(loss_weights) if loss_weights else None)
         trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[rec])
         t0 = time.perf_counter()
         trainer.train()

@@ -49,6 +49,30 @@ def register(subparsers) -> None:
     q.add_argument("--json", action="store_true", help="print the RetrievedContext as JSON")
     q.set_defaults(func=cmd_query)
 
+    c = sub.add_parser("consolidate", help="propose new or revised incident nodes from case memory; approve or "
+                                           "reject a proposal",
+                       description="Turn corrected and repeated cases (the service's case memory) into new or "
+                                   "revised incident nodes. Without an action: write a pending proposal and print "
+                                   "its diff; the base changes only with --approve ID.")
+    c.add_argument("--config", metavar="FILE", help="FlowRouter config: the knowledge base, the case store "
+                                                    "(cases.directory or <serve.state_dir>/cases) and cases.consolidate")
+    c.add_argument("--out", metavar="DIR", help="knowledge-base directory (default: the config's)")
+    c.add_argument("--cases", metavar="DIR", help="case store folder (default: the config's)")
+    act = c.add_mutually_exclusive_group()
+    act.add_argument("--approve", metavar="ID", help="apply a pending proposal: a new version becomes current")
+    act.add_argument("--reject", metavar="ID", help="close a pending proposal without applying it")
+    act.add_argument("--show", metavar="ID", help="print a proposal's diff")
+    act.add_argument("--list", action="store_true", help="list the proposals")
+    act.add_argument("--dry-run", action="store_true", help="print what would be proposed, write nothing")
+    c.add_argument("--by", metavar="NAME", help="who approves or rejects (default: cli:<user>)")
+    c.add_argument("--json", action="store_true", help="print the proposal(s) as JSON")
+    c.set_defaults(func=cmd_consolidate)
+
+    r = sub.add_parser("rollback", help="make the version the current one was made from current again")
+    r.add_argument("--config", metavar="FILE", help="FlowRouter config whose knowledge section names the base")
+    r.add_argument("--out", metavar="DIR", help="knowledge-base directory")
+    r.set_defaults(func=cmd_rollback)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="knowledge-base directory (default: config knowledge.directory, "
@@ -209,6 +233,15 @@ def cmd_info(args) -> int:
     if s.get("tasks"):
         print("  tasks " + ", ".join(f"{t or '(none)'} ({n})" for t, n in s["tasks"].items()))
     print("  roots " + ", ".join(m.get("roots", [])))
+    from experts.knowledge.consolidate import Consolidator
+
+    cons = m.get("consolidation") or {}
+    if cons:
+        print(f"  consolidated from case memory: {len(cons.get('nodes', {}))} node(s); last proposal "
+              f"{cons.get('proposal')} approved by {cons.get('approved_by')} on {m.get('previous')}")
+    pending = [p.id for p in Consolidator(out).proposals() if p.status == "pending"]
+    if pending:
+        print(f"  pending proposals: {', '.join(pending)} (flowrouter kb consolidate --show ID)")
     if args.config:
         from router.doc_tasks import scope_coverage
 
@@ -266,4 +299,85 @@ def cmd_query(args) -> int:
     for c in ctx.chunks:
         print(f"\n[chunk {c.score:.3f}] {c.source} > {' > '.join(c.heading_path)}  ({c.id})")
         print("  " + c.text[:400].replace("\n", "\n  "))
+    return 0
+
+
+def _base_dir(args) -> Path:
+    """The base of --out, else of the config (its knowledge.directory or the folder its documents hash to)."""
+    if args.out:
+        return Path(args.out).expanduser()
+    kcfg = _config(args.config).knowledge
+    if kcfg.directory:
+        return Path(kcfg.directory).expanduser()
+    if not kcfg.docs:
+        raise _errors()("the config names no knowledge documents; pass --out DIR")
+    from experts.knowledge.build import default_directory
+
+    return default_directory(list(kcfg.docs))
+
+
+def _consolidator(args):
+    from cluster.local import resolve_state_dir
+    from experts.knowledge.cases import CaseStore
+    from experts.knowledge.consolidate import Consolidator
+
+    cfg = _config(args.config)
+    folder = args.cases or cfg.cases.store_dir(resolve_state_dir(cfg.model_copy(deep=True)).serve.state_dir)
+    cases = CaseStore(folder) if folder and Path(folder).is_dir() else None
+    return Consolidator(_base_dir(args), cases, cfg.cases.consolidate)
+
+
+def cmd_consolidate(args) -> int:
+    import getpass
+
+    from experts.knowledge.consolidate import ConsolidationError
+
+    _quiet_logs()
+    c = _consolidator(args)
+    by = args.by or f"cli:{getpass.getuser()}"
+    try:
+        if args.list:
+            ps = c.proposals()
+            if args.json:
+                print(json.dumps([p.summary() for p in ps], indent=1))
+            for p in [] if args.json else ps:
+                s = p.summary()
+                print(f"{p.id}  {p.status:<8} on {p.base_version}  +{s['added']} ~{s['revised']}  {p.origin}"
+                      + (f"  -> {p.version}" if p.version else ""))
+            if not ps and not args.json:
+                print(f"no proposals in {c.folder}")
+            return 0
+        if args.show:
+            p = c.get(args.show)
+        elif args.approve:
+            p = c.approve(args.approve, by=by)
+        elif args.reject:
+            p = c.reject(args.reject, by=by)
+        else:
+            if c.cases is None:
+                raise _errors()("no case store found (pass --cases DIR or the service's --config)")
+            p = c.propose(origin="cli", save=not args.dry_run)
+    except ConsolidationError as exc:
+        raise _errors()(str(exc)) from exc
+    if args.json:
+        print(p.model_dump_json(indent=1, exclude={"changes": {"__all__": {"name_vector", "desc_vector"}}}))
+        return 0
+    print(p.diff())
+    if args.approve:
+        print(f"\n{p.version} is current in {c.store.root} (running Planners pick it up with their next batch; "
+              f"undo with `flowrouter kb rollback`)")
+    elif p.status == "pending" and p.changes and not args.dry_run:
+        print(f"\napprove with: flowrouter kb consolidate --approve {p.id}   (or --reject {p.id})")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from experts.knowledge.consolidate import ConsolidationError, Consolidator
+
+    c = Consolidator(_base_dir(args))
+    try:
+        old, new = c.rollback()
+    except ConsolidationError as exc:
+        raise _errors()(str(exc)) from exc
+    print(f"rolled back {c.store.root}: {old} -> {new} (running Planners pick it up with their next batch)")
     return 0

@@ -220,9 +220,65 @@ def stage_lines(result: dict) -> list[str]:
 
 
 def render_result(result: dict, mermaid: bool = True, unicode: bool | None = None) -> str:
+    """The workflow as boxes, with what it was grounded in right under the knowledge line."""
     from cluster.render import render_result as render
 
-    return render(result, mermaid=mermaid, unicode=unicode)
+    lines = render(result, mermaid=mermaid, unicode=unicode).split("\n")
+    at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("knowledge ")), len(lines))
+    lines[at:at] = provenance_lines(result)
+    return "\n".join(lines)
+
+
+def provenance_lines(result: dict) -> list[str]:
+    """The runbook nodes, chunks and past cases shown to the expert, the one whose workflow it followed, the
+    similar past tickets (similarity, verdict) and the knowledge each step came from."""
+    from cluster.render import clean
+
+    k = result.get("knowledge") or {}
+    items = [i for i in k.get("items") or [] if isinstance(i, dict) and i.get("id")]
+    by_id = {i["id"]: i for i in items}
+    reference = k.get("reference")
+    lines = []
+    if reference:
+        ref = by_id.get(reference)
+        what = f"{clean(ref.get('kind'))} {clean(ref.get('title', ''))} " if ref else ""
+        lines.append(f"reference {what}({clean(reference)})")
+    for i in items:
+        score = f"{i['score']:.2f}" if isinstance(i.get("score"), (int, float)) else "-"
+        source = f" [{clean(i['source'])}]" if i.get("source") else ""
+        mark = "  <- reference" if i["id"] == reference else ""
+        lines.append(f"  {clean(i.get('kind', '?')):<5} {score}  {clean(i.get('title', ''))} ({clean(i['id'])}){source}{mark}")
+    versions = [f"knowledge base {clean(k['version'])}" if k.get("version") else "",
+                f"case memory revision {clean(k['cases_version'])}" if k.get("cases_version") else ""]
+    if any(versions):
+        lines.append("  " + ", ".join(v for v in versions if v))
+    cases = [c for c in result.get("similar_cases") or [] if isinstance(c, dict)]
+    if cases:
+        lines.append("similar cases")
+        for c in cases:
+            sim = f"{c['similarity']:.2f}" if isinstance(c.get("similarity"), (int, float)) else "-"
+            verdict = {"edit": "edited", "accept": "accepted"}.get(c.get("verdict"), clean(c.get("verdict", "?")))
+            role = "reference" if c.get("reference") else "shown" if c.get("shown") else "retrieved"
+            lines.append(f"  {sim}  {verdict:<8} {role:<9} {clean(c.get('ticket_id', '?'))}  {clean(c.get('title', ''))}")
+    steps = (result.get("workflow") or {}).get("steps") or []
+    cited: dict[str, list[int]] = {}
+    for n, step in enumerate(steps, 1):
+        if isinstance(step, dict) and step.get("source"):
+            cited.setdefault(step["source"], []).append(n)
+    if cited:
+        lines.append("steps from " + "; ".join(f"{_numbers(ns)} {clean(src)}" for src, ns in cited.items()))
+    return lines
+
+
+def _numbers(ns: list[int]) -> str:
+    """1, 2, 3, 5 -> "1-3, 5"."""
+    runs: list[list[int]] = []
+    for n in ns:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def cmd_status(args) -> int:

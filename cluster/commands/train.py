@@ -153,6 +153,12 @@ def cmd_train(args) -> int:
     state_dir = resolve_state_dir(cfg.model_copy(deep=True)).serve.state_dir
     store = Path(state_dir) / "tickets.sqlite"
     feedback_rows = TicketStore(store).feedback() if store.exists() else []
+    if feedback_rows and cfg.training.feedback and not args.quiet:
+        from collections import Counter
+
+        counts = Counter(r["verdict"] for r in feedback_rows)
+        print(f"operator feedback from {store}: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+              + " (edits: Planner targets and pairs; rejects: negatives; all: Scorer rows)")
     if args.publish:
         from cluster.publish import ServicePublisher
 

@@ -10,7 +10,7 @@
 (() => {
   const KEY_STORE = "flowrouter.apiKey";
   const state = { config: { mermaid: false, stats_poll_s: 2, auth_mode: "keys" }, result: null, shown: null,
-                  statsTimer: null, chartSeq: 0, mermaidReady: null, opsLoaded: false, linked: null };
+                  statsTimer: null, chartSeq: 0, mermaidReady: null, opsLoaded: false, linked: null, edit: null };
 
   // ---- small DOM helpers (text only) ---------------------------------------------------------
   const $ = (id) => document.getElementById(id);
@@ -57,11 +57,19 @@
     const data = type.includes("json") ? await resp.json().catch(() => null) : null;
     if (!resp.ok) {
       let detail = data && typeof data.detail === "string" ? data.detail : resp.statusText;
+      // A 422 from request validation lists the reasons field by field; the operator needs them, not "invalid".
+      const reasons = data && Array.isArray(data.errors) ? data.errors : data && Array.isArray(data.detail) ? data.detail : [];
+      if (reasons.length) detail += ": " + reasons.map(validationReason).join("; ");
       if (resp.status === 401) detail = "an API key is needed (" + detail + ")";
       if (resp.status === 403) detail = "this key may not do that (" + detail + ")";
       throw new ApiError(resp.status, detail, resp.headers.get("retry-after"));
     }
     return { data, status: resp.status };
+  }
+  function validationReason(e) {
+    const loc = (Array.isArray(e && e.loc) ? e.loc : []).filter((p) => p !== "body").join(".");
+    const msg = String((e && e.msg) || "").replace(/^Value error, /, "");
+    return loc ? `${loc}: ${msg}` : msg;
   }
   function explain(err) {
     if (err instanceof ApiError) {
@@ -170,6 +178,7 @@
           li.appendChild(el("div", { class: "branch", text: `${e.label || "→"}: go to step ${number.get(e.target)}` }));
         }
       }
+      if (s.source) li.appendChild(el("div", { class: "source", "data-source": s.source, text: "from " + itemLabel(s.source) }));
       list.appendChild(li);
     }
   }
@@ -179,21 +188,70 @@
     if (k.status && k.status !== "matched") return `${k.status}: the workflow is the model's own`;
     const nodes = (k.items || []).filter((i) => i.kind === "node").map((i) => `${i.title} (${i.source || i.id})`);
     const scope = k.scope && k.scope !== "unscoped" ? ` [${k.scope}]` : "";
-    return (nodes.length ? nodes.join(", ") : (r.context_ids || []).join(", ")) + scope;
+    const ref = (k.items || []).find((i) => i.id === k.reference && i.kind === "case");
+    const lead = ref ? `past case ${ref.title} (${ref.id})${nodes.length ? "; " : ""}` : "";
+    return lead + (nodes.length ? nodes.join(", ") : ref ? "" : (r.context_ids || []).join(", ")) + scope;
+  }
+
+  // ---- provenance: the runbook nodes, chunks and past cases a workflow was grounded in ------------------
+  function knowledgeItems() {
+    return (state.result && state.result.knowledge && state.result.knowledge.items) || [];
+  }
+  function itemLabel(id) {
+    const item = knowledgeItems().find((i) => i.id === id);
+    return item ? `${item.kind} ${item.title} (${item.id})` : id;
+  }
+
+  function renderProvenance(r) {
+    const k = r.knowledge || {};
+    const items = k.items || [];
+    const summary = [k.status || ((r.context_ids || []).length ? "matched" : "none matched")];
+    if (k.scope && k.scope !== "unscoped") summary.push(k.scope);
+    if (k.version) summary.push(`knowledge base ${k.version}`);
+    if (k.cases_version) summary.push(`case memory revision ${k.cases_version}`);
+    $("grounding-summary").textContent = summary.join(" · ");
+    const ref = items.find((i) => i.id === k.reference);
+    $("grounding-reference").textContent = k.reference
+      ? `reference followed: ${ref ? `${ref.kind} ${ref.title}` : ""} (${k.reference})`
+      : "no reference workflow: the expert wrote its own";
+    $("grounding").tBodies[0].replaceChildren(...items.map((i) =>
+      el("tr", { "data-id": i.id, "data-kind": i.kind, class: i.id === k.reference ? "best" : null },
+        el("td", { text: i.kind }), el("td", { text: i.title }), el("td", { class: "mono", text: i.id }),
+        el("td", { text: i.source || "" }), el("td", { text: fmt(i.score, 3) }),
+        el("td", { text: i.id === k.reference ? "reference" : "" }))));
+    if (!items.length) {
+      $("grounding").tBodies[0].appendChild(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "nothing was shown to the expert" })));
+    }
+    const cases = r.similar_cases || [];
+    $("similar-cases").tBodies[0].replaceChildren(...cases.map((c) =>
+      el("tr", { "data-ticket": c.ticket_id, class: c.reference ? "best" : null },
+        el("td", {}, el("button", { type: "button", class: "link open-case", title: "open this ticket", text: c.ticket_id,
+                                    onclick: () => { $("lookup-id").value = c.ticket_id; lookupTicket(); } })),
+        el("td", { text: fmt(c.similarity, 3) }), el("td", { text: c.verdict === "edit" ? "edited" : "accepted" }),
+        el("td", { text: c.title || "" }),
+        el("td", { text: c.reference ? "reference" : c.shown ? "shown" : "retrieved" }))));
+    if (!cases.length) {
+      $("similar-cases").tBodies[0].appendChild(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "no similar past case" })));
+    }
   }
 
   // ---- ticket view -------------------------------------------------------------------------------
   const DIMS = ["relevance", "coverage", "accuracy", "coherence", "conciseness"];
 
+  async function showWorkflow(wf, label) {
+    $("shown-candidate").textContent = label;
+    $("mermaid-src").textContent = wf.mermaid;
+    renderSteps($("steps"), wf.steps, wf.edges);
+    await drawChart($("chart"), wf.mermaid, wf.steps, wf.edges);
+  }
+
   async function showCandidate(index) {
     const r = state.result;
     const cand = r.candidates.find((c) => c.index === index) || r.candidates[r.best_index];
     state.shown = cand.index;
-    $("shown-candidate").textContent = `${cand.index}${cand.index === r.best_index ? " (best)" : ""}`;
+    closeEditor();
     for (const tr of $("candidates").tBodies[0].rows) tr.classList.toggle("shown", Number(tr.dataset.index) === cand.index);
-    $("mermaid-src").textContent = cand.workflow.mermaid;
-    renderSteps($("steps"), cand.workflow.steps, cand.workflow.edges);
-    await drawChart($("chart"), cand.workflow.mermaid, cand.workflow.steps, cand.workflow.edges);
+    await showWorkflow(cand.workflow, `${cand.index}${cand.index === r.best_index ? " (best)" : ""}`);
   }
 
   async function showResult(r, title) {
@@ -232,8 +290,9 @@
     const ex = $("examples").tBodies[0];
     ex.replaceChildren(...(r.retrieved_examples || []).map((e) =>
       el("tr", {}, el("td", { text: e.id ?? "" }), el("td", { text: e.task ?? "" }), el("td", { text: fmt(e.similarity, 3) }))));
+    renderProvenance(r);
     setStatus($("feedback-status"), "");
-    $("accept").disabled = $("reject").disabled = false;
+    $("accept").disabled = $("reject").disabled = $("edit").disabled = false;
     await showCandidate(r.best_index);
   }
 
@@ -327,6 +386,222 @@
     } catch (err) {
       setStatus($("feedback-status"), explain(err), "error");
       $("accept").disabled = $("reject").disabled = false;
+    }
+  }
+
+  // ---- editing a workflow in place: the operator's correction, sent as an `edit` feedback -------------
+  // The editor holds rows with stable keys. A step or change continues with the row below unless it names
+  // another row; a decision names its yes and no rows; an end row stops. Targets follow rows by key, so
+  // moving a row keeps the decisions that lead to it; the sent workflow numbers the rows S1..Sn in order.
+  const EDIT_KINDS = [["process", "step"], ["change", "change"], ["decision", "decision"], ["terminal", "end"]];
+  const flows = (row) => row.kind === "process" || row.kind === "change";
+
+  function editorRows(steps) {
+    const key = new Map(steps.map((s, i) => [s.id, i + 1]));
+    return steps.map((s, i) => {
+      const below = i + 1 < steps.length ? steps[i + 1].id : null;
+      return { key: i + 1, kind: s.kind === "process" && s.action === "change" ? "change" : s.kind, text: s.text,
+               original: s.text, source: s.source || null,
+               next: s.kind === "process" && s.next && s.next !== below ? (key.get(s.next) ?? null) : null,
+               yes: s.kind === "decision" ? (key.get(s.yes) ?? null) : null,
+               no: s.kind === "decision" ? (key.get(s.no) ?? null) : null };
+    });
+  }
+
+  function settle(rows) {  // an explicit target that is the row below reads as "the step below"
+    rows.forEach((r, i) => { if (flows(r) && rows[i + 1] && r.next === rows[i + 1].key) r.next = null; });
+    return rows;
+  }
+
+  function deleteRow(rows, key) {
+    const i = rows.findIndex((r) => r.key === key);
+    if (i < 0) return rows;
+    const gone = rows[i];
+    // What led to the deleted row now leads where it led (a step is bypassed); a decision's branch into a
+    // deleted decision or end has no such successor and must be chosen again.
+    const after = flows(gone) ? (gone.next ?? (rows[i + 1] ? rows[i + 1].key : null)) : null;
+    const above = i > 0 && flows(rows[i - 1]) && rows[i - 1].next === null ? rows[i - 1] : null;
+    rows.splice(i, 1);
+    if (above) above.next = after;
+    for (const r of rows) {
+      for (const f of ["next", "yes", "no"]) if (r[f] === key) r[f] = after;
+    }
+    return settle(rows);
+  }
+
+  function moveRow(rows, key, by) {
+    const i = rows.findIndex((r) => r.key === key);
+    const j = i + by;
+    if (i < 0 || j < 0 || j >= rows.length) return rows;
+    [rows[i], rows[j]] = [rows[j], rows[i]];
+    return settle(rows);
+  }
+
+  function insertRow(rows, afterKey, key) {
+    const i = afterKey === null ? rows.length - 1 : rows.findIndex((r) => r.key === afterKey);
+    rows.splice(i + 1, 0, { key, kind: "process", text: "", original: null, source: null, next: null, yes: null, no: null });
+    return settle(rows);
+  }
+
+  function setKind(rows, key, kind) {
+    const i = rows.findIndex((r) => r.key === key);
+    const r = rows[i];
+    const wasDecision = r.kind === "decision";
+    r.kind = kind;
+    if (kind === "decision" && !wasDecision) {
+      // yes: the row below; no: the first end row further down (both can be changed).
+      r.yes = rows[i + 1] ? rows[i + 1].key : null;
+      const end = rows.slice(i + 1).find((x) => x.kind === "terminal" && x.key !== r.yes);
+      r.no = end ? end.key : null;
+      r.next = null;
+    } else if (kind !== "decision") {
+      r.yes = r.no = null;
+      if (kind === "terminal") r.next = null;
+    }
+    return rows;
+  }
+
+  function editedSteps(rows) {
+    const id = new Map(rows.map((r, i) => [r.key, "S" + (i + 1)]));
+    return rows.map((r, i) => {
+      const n = i + 1;
+      const text = String(r.text || "").trim();
+      if (!text) throw new Error(`step ${n} has no text`);
+      const step = { id: id.get(r.key), kind: r.kind === "change" ? "process" : r.kind, text,
+                     action: r.kind === "change" ? "change" : "observe" };
+      if (flows(r)) {
+        const next = r.next !== null && id.has(r.next) ? id.get(r.next) : rows[i + 1] ? id.get(rows[i + 1].key) : null;
+        if (!next) throw new Error(`step ${n} is the last one and leads nowhere: make it an end step or add a step below`);
+        step.next = next;
+      } else if (r.kind === "decision") {
+        if (!id.has(r.yes) || !id.has(r.no)) throw new Error(`decision ${n} needs a yes step and a no step`);
+        step.yes = id.get(r.yes);
+        step.no = id.get(r.no);
+      }
+      if (r.source && text === r.original) step.source = r.source;  // a rewritten step no longer cites it
+      return step;
+    });
+  }
+
+  const rowLabel = (rows, pos) => {
+    const t = String(rows[pos - 1].text || "").trim() || "(no text yet)";
+    return `${pos}. ${t.length > 48 ? t.slice(0, 47) + "…" : t}`;
+  };
+
+  // Option values are 1-based row positions (what the operator reads); the rows keep keys.
+  function targetSelect(cls, label, value, rows, self, placeholder) {
+    const sel = el("select", { class: "e-target " + cls, "aria-label": label });
+    sel.appendChild(el("option", { value: "", text: placeholder }));
+    rows.forEach((r, j) => { if (r.key !== self) sel.appendChild(el("option", { value: String(j + 1), text: rowLabel(rows, j + 1) })); });
+    const pos = rows.findIndex((r) => r.key === value);
+    sel.value = pos >= 0 ? String(pos + 1) : "";
+    return sel;
+  }
+
+  function editorRow(r, i, rows) {
+    const ed = state.edit;
+    const redraw = (fn) => () => { fn(); renderEditor(); };
+    const keyAt = (sel) => (sel.value ? rows[Number(sel.value) - 1].key : null);
+    const kind = el("select", { class: "e-kind", "aria-label": `kind of step ${i + 1}` },
+                    ...EDIT_KINDS.map(([v, t]) => el("option", { value: v, text: t })));
+    kind.value = r.kind;
+    kind.addEventListener("change", redraw(() => setKind(rows, r.key, kind.value)));
+    const text = el("input", { class: "e-text", maxlength: 500, value: r.text, "aria-label": `text of step ${i + 1}`,
+                               placeholder: r.kind === "decision" ? "a yes/no question" : "what to check or do" });
+    text.addEventListener("input", () => { r.text = text.value; refreshLabels(); });
+    const targets = el("span", { class: "e-targets" });
+    if (flows(r)) {
+      const next = targetSelect("e-next", `step ${i + 1} continues with`, r.next, rows, r.key, "then the step below");
+      next.addEventListener("change", redraw(() => { r.next = keyAt(next); settle(rows); }));
+      targets.append(next);
+    } else if (r.kind === "decision") {
+      const yes = targetSelect("e-yes", `step ${i + 1}: if yes`, r.yes, rows, r.key, "yes: choose a step…");
+      const no = targetSelect("e-no", `step ${i + 1}: if no`, r.no, rows, r.key, "no: choose a step…");
+      yes.addEventListener("change", () => { r.yes = keyAt(yes); });
+      no.addEventListener("change", () => { r.no = keyAt(no); });
+      targets.append(el("label", { class: "inline" }, "yes →", yes), el("label", { class: "inline" }, "no →", no));
+    }
+    const li = el("li", { class: "edit-row " + r.kind, "data-pos": i + 1 },
+      el("span", { class: "num", text: `${i + 1}.` }), kind, text, targets,
+      el("span", { class: "e-buttons" },
+        el("button", { type: "button", class: "e-up", title: "move up", "aria-label": `move step ${i + 1} up`,
+                       disabled: i === 0, text: "↑", onclick: redraw(() => moveRow(rows, r.key, -1)) }),
+        el("button", { type: "button", class: "e-down", title: "move down", "aria-label": `move step ${i + 1} down`,
+                       disabled: i === rows.length - 1, text: "↓", onclick: redraw(() => moveRow(rows, r.key, 1)) }),
+        el("button", { type: "button", class: "e-insert", title: "add a step below", text: "+",
+                       onclick: redraw(() => insertRow(rows, r.key, ++ed.seq)) }),
+        el("button", { type: "button", class: "e-delete", title: "delete this step", "aria-label": `delete step ${i + 1}`,
+                       disabled: rows.length === 1, text: "✕", onclick: redraw(() => deleteRow(rows, r.key)) })));
+    if (r.source) {
+      li.appendChild(el("div", { class: "source", text: (r.text === r.original ? "from " : "was from ") + itemLabel(r.source) }));
+    }
+    return li;
+  }
+
+  function refreshLabels() {  // option texts follow the rows' texts without redrawing (focus stays put)
+    const rows = state.edit.rows;
+    for (const opt of document.querySelectorAll("#editor select.e-target option, #edit-outcome-step option")) {
+      if (opt.value) opt.textContent = rowLabel(rows, Number(opt.value));
+    }
+  }
+
+  function renderEditor() {
+    const ed = state.edit;
+    $("edit-steps").replaceChildren(...ed.rows.map((r, i) => editorRow(r, i, ed.rows)));
+    const step = targetSelect("", "the step that resolved it", ed.outcomeKey, ed.rows, null, "which step resolved it?");
+    step.id = "edit-outcome-step";
+    step.disabled = $("edit-outcome").value !== "resolved";
+    step.addEventListener("change", () => { ed.outcomeKey = step.value ? ed.rows[Number(step.value) - 1].key : null; });
+    $("edit-outcome-step").replaceWith(step);
+  }
+
+  function openEditor() {
+    const r = state.result;
+    if (!r) return;
+    const cand = r.candidates.find((c) => c.index === state.shown) || r.candidates[r.best_index];
+    const rows = editorRows(cand.workflow.steps);
+    state.edit = { candidate: cand.index, rows, seq: rows.length, outcomeKey: null };
+    $("edit-candidate").textContent = String(cand.index);
+    $("edit-comment").value = $("feedback-comment").value;
+    $("edit-outcome").value = "";
+    setStatus($("edit-status"), "");
+    $("edit-send").disabled = false;
+    renderEditor();
+    $("editor").hidden = false;
+  }
+
+  function closeEditor() {
+    state.edit = null;
+    $("editor").hidden = true;
+  }
+
+  async function sendEdit() {
+    const r = state.result;
+    const ed = state.edit;
+    if (!r || !ed) return;
+    let steps;
+    try { steps = editedSteps(ed.rows); } catch (err) { setStatus($("edit-status"), err.message, "error"); return; }
+    const body = { verdict: "edit", candidate: ed.candidate, steps };
+    const comment = $("edit-comment").value.trim();
+    if (comment) body.comment = comment;
+    const status = $("edit-outcome").value;
+    if (status) {
+      body.outcome = { status };
+      const pos = ed.rows.findIndex((x) => x.key === ed.outcomeKey);
+      if (status === "resolved" && pos >= 0) body.outcome.step = pos + 1;
+    }
+    $("edit-send").disabled = true;
+    setStatus($("edit-status"), "sending…");
+    try {
+      const { data } = await api("POST", `/v1/tickets/${encodeURIComponent(r.ticket_id)}/feedback`, body);
+      closeEditor();
+      setStatus($("feedback-status"), `correction of candidate ${data.candidate} stored — feedback #${data.feedback_id}`
+                                      + (data.case ? `, ${data.case}` : ""), "ok");
+      if (data.workflow) await showWorkflow(data.workflow, `correction of ${data.candidate}`);
+    } catch (err) {
+      // The API's reason (422: the graph it refused and why) is what the operator fixes.
+      setStatus($("edit-status"), explain(err), "error");
+      $("edit-send").disabled = false;
     }
   }
 
@@ -494,10 +769,18 @@
     $("lookup").addEventListener("click", lookupTicket);
     $("accept").addEventListener("click", () => sendFeedback("accept"));
     $("reject").addEventListener("click", () => sendFeedback("reject"));
+    $("edit").addEventListener("click", openEditor);
+    $("edit-cancel").addEventListener("click", closeEditor);
+    $("edit-send").addEventListener("click", sendEdit);
+    $("edit-add").addEventListener("click", () => { if (state.edit) { insertRow(state.edit.rows, null, ++state.edit.seq); renderEditor(); } });
+    $("edit-outcome").addEventListener("change", () => {
+      $("edit-outcome-step").disabled = $("edit-outcome").value !== "resolved";
+      if ($("edit-outcome").value !== "resolved" && state.edit) { state.edit.outcomeKey = null; $("edit-outcome-step").value = ""; }
+    });
     for (const b of document.querySelectorAll("nav .tab")) b.addEventListener("click", () => showView(b.dataset.view));
     refreshIdentity();
   }
 
-  window.FlowRouterConsole = { workflowText, sanitizeSvg };
+  window.FlowRouterConsole = { workflowText, sanitizeSvg, editorRows, editedSteps, deleteRow, moveRow, insertRow, setKind };
   document.addEventListener("DOMContentLoaded", init);
 })();

@@ -317,8 +317,31 @@ def _merge(b: _Build, embedder) -> tuple[list[IncidentNode], set[str]]:
         else:
             nodes.append(prev_nodes[g.id])
     fresh = {n.id for n in nodes if n.id in affected or n.id not in prev_nodes}
+    _carry_consolidated(b, nodes, fresh)
     b.timings["merge"] = time.perf_counter() - t
     return nodes, fresh
+
+
+def _carry_consolidated(b: _Build, nodes: list[IncidentNode], fresh: set[str]) -> None:
+    """Nodes an admin approved from case memory (experts/knowledge/consolidate.py) outlive rebuilds: a new one has
+    no document behind it to be merged from, and a revised one keeps the operator's workflow when its documents
+    are merged again."""
+    kinds = (b.prev.manifest.get("consolidation") or {}).get("nodes", {}) if b.prev else {}
+    if not kinds:
+        return
+    prev = {n.id: n for n in b.prev.nodes}
+    at = {n.id: i for i, n in enumerate(nodes)}
+    for node_id, kind in kinds.items():
+        old = prev.get(node_id)
+        if old is None:
+            continue
+        if node_id not in at:
+            if kind == "add":
+                nodes.append(old)
+            continue
+        if node_id in fresh:
+            nodes[at[node_id]] = nodes[at[node_id]].model_copy(update={
+                k: getattr(old, k) for k in ("workflow", "diagnosis_steps", "mitigation_steps")})
 
 
 def _link(b: _Build, nodes: list[IncidentNode], fresh: set[str], embedder) -> tuple[np.ndarray, np.ndarray]:
@@ -371,6 +394,8 @@ def _write(b: _Build, nodes, fresh, name_vecs, desc_vecs, embedder, llm, scan, a
         "roots": sorted({r.root for r in results.values()}), "docs": docs, "stats": stats,
         "previous": b.prev_version, "task_assigner": assigner_id,
     }
+    if b.prev is not None and b.prev.manifest.get("consolidation"):
+        manifest["consolidation"] = b.prev.manifest["consolidation"]
     data = VersionData(manifest, chunks, chunk_vecs, nodes, name_vecs, desc_vecs,
                        {s: results[s].raw_nodes for s in order})
     t = time.perf_counter()

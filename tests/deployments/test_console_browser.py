@@ -1,6 +1,7 @@
 """The operator console in headless Chromium (Debian's package, driven by Playwright without a browser
 download) against the real service: submit a ticket, see the flowchart drawn as SVG, accept it and
-find the feedback in the ticket store; hostile ticket text and hostile model output never execute.
+find the feedback in the ticket store; correct a workflow in place and find the correction stored;
+hostile ticket text and hostile model output never execute.
 
 Screenshots are written to artifacts/console/ (git-ignored).
 """
@@ -15,6 +16,7 @@ import pytest
 
 from core.paths import REPO_ROOT
 from core.workflow import Edge, Step, StepKind, Workflow, to_mermaid
+from deployments.ticket_store import TicketStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
@@ -102,6 +104,118 @@ def _submit(page, title, description, candidates=1):
     assert page.query_selector("#chart svg") is not None, f"no flowchart drawn; status: {status}"
 
 
+# The paraphrase test_cases_e2e sends (best-of-1): the result cache answers it while it is fresh, so this test
+# computes nothing when it runs right after that one (it is the first here for that reason). Its case is on
+# tape libraries, far from every other test's tickets.
+EDIT_TICKET = ("Backup vault B: robotic arm of the tape library stuck, gripper fault",
+               "Archive copy to the LTO-8 cartridges frozen at 3 percent since last night.")
+REWRITE = "Read the gripper fault code on the library front panel"
+ADDED = "Is the vault B interlock door closed?"
+
+_EDITOR_ROWS = """() => Array.from(document.querySelectorAll('#edit-steps li.edit-row')).map((li) => ({
+  kind: li.querySelector('.e-kind').value, text: li.querySelector('.e-text').value,
+  next: li.querySelector('.e-next')?.value || null, yes: li.querySelector('.e-yes')?.value || null,
+  no: li.querySelector('.e-no')?.value || null}))"""
+
+
+def _steps_shown(rows):
+    """The typed steps an editor showing `rows` means: rows are S1..Sn, a step goes on to the row below unless
+    it names another, a decision to its yes and no rows."""
+    out = []
+    for pos, r in enumerate(rows, 1):
+        kind = "process" if r["kind"] in ("process", "change") else r["kind"]
+        step = {"id": f"S{pos}", "kind": kind, "text": r["text"].strip(),
+                "action": "change" if r["kind"] == "change" else "observe", "next": None, "yes": None, "no": None}
+        if kind == "process":
+            step["next"] = f"S{r['next'] or pos + 1}"
+        elif kind == "decision":
+            step["yes"], step["no"] = f"S{r['yes']}", f"S{r['no']}"
+        out.append(step)
+    return out
+
+
+def test_correct_a_workflow_in_place_and_the_stored_feedback_matches(console_ready, browser):
+    """Rewrite a step, add one and turn it into a decision, delete one, set comment and outcome, send: the
+    console shows the API's reason when it refuses, and the stored edit is the workflow on the screen. The
+    ticket view shows what the workflow was grounded in (knowledge items, similar past cases, step sources)."""
+    service = console_ready
+    ctx, page, watch = _open_console(browser, service, service.keys["ticket"])
+    try:
+        _submit(page, *EDIT_TICKET)
+        tid = page.text_content("[data-field='ticket-id']")
+        result = service.get(f"/v1/tickets/{tid}").json()["result"]
+
+        # Provenance: every knowledge item and similar case of the answer is listed, the reference marked.
+        items = (result.get("knowledge") or {}).get("items") or []
+        shown = page.eval_on_selector_all("#grounding tbody tr[data-id]", "rows => rows.map(r => r.dataset.id)")
+        assert shown == [i["id"] for i in items]
+        reference = result["knowledge"].get("reference")
+        if reference:
+            assert page.text_content(f"#grounding tr[data-id='{reference}'] td:last-child") == "reference"
+            assert reference in page.text_content("#grounding-reference")
+        cases = page.eval_on_selector_all("#similar-cases tbody tr[data-ticket]", "rows => rows.map(r => r.dataset.ticket)")
+        assert cases == [c["ticket_id"] for c in result.get("similar_cases") or []]
+        sources = [s["source"] for s in result["workflow"]["steps"] if s.get("source")]
+        assert page.eval_on_selector_all("#steps .source", "xs => xs.map(x => x.dataset.source)") == sources
+
+        page.click("#edit")
+        page.wait_for_selector("#editor:not([hidden]) #edit-steps li.edit-row")
+        original = page.evaluate(_EDITOR_ROWS)
+        assert [r["text"] for r in original] == [s["text"] for s in result["workflow"]["steps"]]
+        n = len(original)
+        assert original[-1]["kind"] == "terminal", original  # the grammar ends every workflow with an end step
+        deleted = next((pos for pos, r in enumerate(original, 1) if pos > 1 and r["kind"] in ("process", "change")), None)
+        assert deleted, f"no step to delete in {original}"
+
+        row = lambda pos: f"#edit-steps li.edit-row[data-pos='{pos}']"  # noqa: E731
+        page.fill(f"{row(1)} .e-text", REWRITE)                          # rewrite step 1
+        page.click(f"{row(1)} .e-insert")                                # add a step below it ...
+        page.fill(f"{row(2)} .e-text", ADDED)
+        page.select_option(f"{row(2)} .e-kind", "decision")              # ... and make it a decision
+        page.select_option(f"{row(2)} .e-yes", "3")                      # yes: on with the old step 2
+        page.select_option(f"{row(2)} .e-no", str(n + 1))                # no: the last end step
+        page.click(f"{row(deleted + 1)} .e-delete")                      # delete a step (it is bypassed)
+        page.fill("#edit-comment", "the interlock opens before the arm jams")
+        page.select_option("#edit-outcome", "resolved")
+        page.select_option("#edit-outcome-step", str(n))                 # resolved at the last step
+
+        # Refused by the API (step 1 jumping to the end leaves the rest unreachable): its reason is shown.
+        store = TicketStore(f"{service.cfg.serve.state_dir}/tickets.sqlite")
+        page.select_option(f"{row(1)} .e-next", str(n))
+        page.click("#edit-send")
+        page.wait_for_selector("#edit-status.error")
+        assert "422" in page.text_content("#edit-status") and "cannot be reached" in page.text_content("#edit-status")
+        assert store.feedback(ticket_id=tid) == [], "refused feedback is not stored"
+        page.select_option(f"{row(1)} .e-next", "")                      # back to: then the step below
+
+        edited = page.evaluate(_EDITOR_ROWS)
+        assert len(edited) == n and edited[0]["text"] == REWRITE
+        assert edited[1] == {"kind": "decision", "text": ADDED, "next": None, "yes": edited[1]["yes"], "no": str(n)}
+        assert original[deleted - 1]["text"] not in [r["text"] for r in edited] or \
+            [r["text"] for r in original].count(original[deleted - 1]["text"]) > 1
+        page.screenshot(path=str(ARTIFACTS / "edit.png"), full_page=True)
+        page.click("#edit-send")
+        page.wait_for_selector("#feedback-status:has-text('stored')")
+        assert page.is_hidden("#editor")
+
+        [fb] = store.feedback(ticket_id=tid)
+        assert fb["verdict"] == "edit" and fb["candidate"] == result["best_index"] and fb["principal"] == "e2e-ticket"
+        assert fb["comment"] == "the interlock opens before the arm jams"
+        assert fb["outcome"] == {"status": "resolved", "step": f"S{n}"}
+        stored = [{k: s.get(k) for k in ("id", "kind", "text", "action", "next", "yes", "no")} for s in fb["workflow"]["steps"]]
+        assert stored == _steps_shown(edited)
+        assert stored[0]["text"] == REWRITE and not fb["workflow"]["steps"][0].get("source"), "a rewritten step cites nothing"
+        assert stored[1]["kind"] == "decision" and stored[1]["text"] == ADDED and stored[1]["no"] == f"S{n}"
+        # The console now shows the correction it sent.
+        assert page.text_content("#shown-candidate").startswith("correction")
+        assert [t.strip() for t in page.eval_on_selector_all("#steps li", "xs => xs.map(x => x.childNodes[1].textContent)")] \
+            == [s["text"] for s in stored]
+        page.screenshot(path=str(ARTIFACTS / "edit-sent.png"), full_page=True)
+        watch.assert_clean(page, service.url)
+    finally:
+        ctx.close()
+
+
 def test_submit_see_flowchart_accept_and_feedback_is_stored(console_ready, browser):
     service = console_ready
     ctx, page, watch = _open_console(browser, service, service.keys["ticket"])
@@ -135,8 +249,6 @@ def test_submit_see_flowchart_accept_and_feedback_is_stored(console_ready, brows
         page.click("#accept")
         page.wait_for_selector("#feedback-status:has-text('stored')")
         ticket_id = facts["ticket id"]
-        from deployments.ticket_store import TicketStore
-
         rows = [r for r in TicketStore(f"{service.cfg.serve.state_dir}/tickets.sqlite").feedback()
                 if r["ticket_id"] == ticket_id]
         assert len(rows) == 1

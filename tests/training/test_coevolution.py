@@ -24,7 +24,7 @@ from training.coevolve import TrainOptions, train
 
 @pytest.fixture(scope="module")
 def feedback_rows(tmp_path_factory):
-    """Ticket-store rows (as the CLI reads them) holding one accepted workflow."""
+    """Ticket-store rows (as the CLI reads them): one accepted workflow, and one rejected then corrected."""
     from deployments.ticket_store import TicketStore
 
     d = tmp_path_factory.mktemp("state")
@@ -34,6 +34,13 @@ def feedback_rows(tmp_path_factory):
     store.complete("t1", {"expert": "smollm2-generalist", "best_index": 0,
                           "candidates": [{"workflow": WorkflowOut.of(wf).model_dump(mode="json")}]})
     store.add_feedback("t1", "accept")
+    bad = linear_workflow(["Restart the kubelet on node-3", "Reboot node-3"])
+    fixed = linear_workflow(["Check the PVC usage with kubectl df-pv", "Expand the persistent volume claim"])
+    store.accept("t2", {"title": "PVC data-0 almost full", "description": "postgres volume at 92%"}, {})
+    store.complete("t2", {"expert": "smollm2-generalist", "best_index": 0,
+                          "candidates": [{"workflow": WorkflowOut.of(bad).model_dump(mode="json")}]})
+    store.add_feedback("t2", "reject")
+    store.add_feedback("t2", "edit", 0, workflow={"steps": [x.model_dump(mode="json") for x in fixed.steps]})
     return store.feedback()
 
 
@@ -60,18 +67,27 @@ def test_iteration_produces_versioned_adapters_with_metadata(trained):
     assert metrics["status"] == "ok" and metrics["version"] == 1 and metrics["algorithms"] == {"planner": "grpo",
                                                                                                "scorer": "dpo"}
     assert (vdir / "report.png").stat().st_size > 10_000
-    # Queries only: one runbook query plus the operator-accepted ticket; its verdict joins DPO.
-    assert metrics["data"]["feedback_queries"] == 1 and metrics["data"]["feedback_verdicts"] == 1
+    # One runbook query plus the operator-accepted ticket and the corrected one; their verdicts join DPO.
+    assert metrics["data"]["feedback_queries"] == 1 and metrics["data"]["feedback_verdicts"] == 2
+    assert metrics["data"]["correction_queries"] == 1 and metrics["data"]["correction_pairs"] == 1
     it1 = metrics["iterations"][1]
     assert it1["rl"]["steps"] == 1 and it1["rl"]["history"][0]["reward_std"] > 0  # graded: a real advantage
-    assert it1["dpo"]["data"]["kinds"].get("feedback:accept") == 1
+    assert it1["rl"]["data"]["correction_queries"] == 1
+    assert any("rewards/correction_reward/mean" in r for r in it1["rl"]["history"])
+    kinds = it1["dpo"]["data"]["kinds"]
+    assert kinds.get("feedback:accept") == 1 and kinds.get("feedback:edit") == 1 and kinds.get("feedback:correction") == 1
+    # The correction trained the Planner first (DPO + SFT on its own prompt); RL continued from that adapter.
+    assert it1["corrections"]["steps"] == 1 and it1["corrections"]["data"]["rows"] == 1
+    corr = json.loads((vdir / "iter-1" / "planner-corrections" / META_FILE).read_text())
+    assert corr["kind"] == "planner-corrections" and corr["data"]["tickets"] == ["t2"] and corr["parent_adapter"] is None
     for kind in ("planner", "scorer"):
         adir = vdir / "iter-1" / kind
         assert (adir / "adapter_model.safetensors").exists() and (adir / "adapter_config.json").exists()
         assert not (adir / "ref").exists()
         meta = json.loads((adir / META_FILE).read_text())
         assert meta["kind"] == kind and meta["iteration"] == 1 and meta["version"] == 1
-        assert meta["base"] == "smollm2-135m-instruct" and meta["parent_adapter"] is None
+        parent = str(vdir / "iter-1" / "planner-corrections") if kind == "planner" else None
+        assert meta["base"] == "smollm2-135m-instruct" and meta["parent_adapter"] == parent
         assert meta["algorithm"] == ("grpo" if kind == "planner" else "dpo")
         assert meta["data"] and "steps" in meta["metrics"] and meta["libraries"]["trl"]
     assert metrics["candidate"]["planner_adapter"] == str(vdir / "iter-1" / "planner")

@@ -153,3 +153,87 @@ def test_a_rejected_then_edited_ticket_becomes_planner_targets_and_negatives(tmp
     assert examples["t1"].kind == "edit" and examples["t1"].is_pair
     assert examples["t1"].chosen.startswith("1. Check the PVC usage") and "Restart the pod" in examples["t1"].rejected
     assert examples["t2"].kind == "reject" and examples["t2"].chosen is None and examples["t2"].rejected
+
+
+def _store_with_corrections(tmp_path):
+    """t1 rejected then corrected, t2 rejected only, t3 accepted, t4 corrected by another expert's family."""
+    from deployments.ticket_store import TicketStore
+
+    store = TicketStore(tmp_path / "t.sqlite")
+    candidate = linear_workflow(["Check the pod logs", "Restart the pod"])
+    correction = linear_workflow(["Check the PVC usage with kubectl", "Expand the volume"])
+    for tid, expert in (("t1", "smollm2-generalist"), ("t2", "smollm2-generalist"), ("t3", "smollm2-generalist"),
+                        ("t4", "gemma-ops")):
+        store.accept(tid, {"title": f"ticket {tid}", "description": "pvc full"}, {})
+        store.complete(tid, {"best_index": 0, "expert": expert,
+                             "candidates": [{"workflow": WorkflowOut.of(candidate).model_dump(mode="json")}]})
+    fixed = {"steps": [s.model_dump(mode="json") for s in correction.steps]}
+    store.add_feedback("t1", "reject", 0)
+    store.add_feedback("t1", "edit", 0, workflow=fixed)
+    store.add_feedback("t2", "reject", 0)
+    store.add_feedback("t3", "accept", 0)
+    store.add_feedback("t4", "edit", 0, workflow=fixed)
+    return store
+
+
+def test_corrections_become_planner_queries_targets_and_pairs(tmp_path):
+    from training.data import correction_pairs, correction_queries, planner_examples
+
+    items = read_feedback(_store_with_corrections(tmp_path).feedback())
+    examples = planner_examples(items)
+    queries = {q.id: q for q in correction_queries(examples, "smollm2-generalist")}
+    assert sorted(queries) == ["ticket:t1", "ticket:t2"]  # t3 is an accept (feedback_queries), t4 another expert
+    assert queries["ticket:t1"].origin == "correction" and queries["ticket:t1"].target.startswith("1. Check the PVC")
+    assert "Restart the pod" in queries["ticket:t1"].negative
+    assert queries["ticket:t2"].target is None and "Restart the pod" in queries["ticket:t2"].negative
+    assert [q.id for q in feedback_queries(items, "smollm2-generalist")] == ["ticket:t3"]
+    pairs = correction_pairs(examples, "smollm2-generalist")
+    assert [(p.ticket_id, p.kind) for p in pairs] == [("t1", "edit")]
+    assert {p.ticket_id for p in correction_pairs(examples)} == {"t1", "t4"}  # no expert: every family
+
+
+def test_correction_reward_follows_the_correction_and_leaves_the_rejected_candidate():
+    from core.stepscore import lexical_step_f1
+    from training.rewards import make_correction_reward
+
+    reward = make_correction_reward()
+    target = "1. Check the PVC usage with kubectl\n2. Expand the volume\n3. [end] Resolved"
+    negative = "1. Check the pod logs\n2. Restart the pod\n3. [end] Resolved"
+    good = "1. Check the PVC usage with kubectl\n2. Expand the volume\n3. [end] Resolved: space is back"
+    bad = "1. Check the pod logs\n2. Restart the pod\n3. [end] Resolved: the pod runs"
+    r = reward(completions=[good, bad, "not a workflow", good], target=[target, target, target, ""],
+               negative=[negative, negative, negative, ""])
+    assert r[0] > 0.5 and r[1] < -0.5 and r[2] == 0.0 and r[3] == 0.0
+    assert lexical_step_f1(["check disk usage"], ["check disk usage"]) == 1.0 and lexical_step_f1([], ["x"]) == 0.0
+
+
+def test_a_correction_is_a_scorer_positive_and_its_candidate_a_negative(tmp_path, fake_engine_cls):
+    items = read_feedback(_store_with_corrections(tmp_path).feedback())
+    rows = feedback_rows(items, fake_engine_cls(), list(DIMENSIONS), ScorerDPOConfig())
+    kinds = [(r["kind"], r["chosen"]) for r in rows]
+    assert kinds.count(("feedback:correction", " 5")) == 2 and kinds.count(("feedback:edit", " 1")) == 2
+    assert ("feedback:reject", " 1") in kinds and ("feedback:accept", " 5") in kinds
+    correction = [r for r in rows if r["kind"] == "feedback:correction"][0]
+    assert "Expand the volume" in correction["prompt"]
+
+
+def test_train_plans_corrections_into_the_job(tmp_path, monkeypatch, tiny_config):
+    from training import coevolve
+    from training.job import TrainJob
+
+    monkeypatch.setattr(coevolve, "ensure_knowledge_base", lambda *a, **k: tmp_path / "kb")
+    rows = _store_with_corrections(tmp_path).feedback()
+    [job] = coevolve.plan_jobs(tiny_config, ["smollm2-generalist"], coevolve.TrainOptions(show_progress=False),
+                               feedback_rows=rows)
+    job = TrainJob.model_validate(job.model_dump(mode="json"))  # what crosses into the Ray actor
+    by_origin = {}
+    for q in job.queries:
+        by_origin.setdefault(q.origin, []).append(q.id)
+    assert by_origin["feedback"] == ["ticket:t3"] and sorted(by_origin["correction"]) == ["ticket:t1", "ticket:t2"]
+    assert [e.ticket_id for e in job.corrections] == ["t1"] and job.corrections[0].is_pair
+    assert len(job.holdout) >= 1 and not {c.id for c in job.holdout} & {q.id for q in job.queries}
+    no_feedback = tiny_config.model_copy(deep=True)
+    no_feedback.training.feedback = False
+    [plain] = coevolve.plan_jobs(no_feedback, ["smollm2-generalist"], coevolve.TrainOptions(show_progress=False),
+                                 feedback_rows=rows)
+    assert plain.corrections == [] and all(q.origin == "runbook" for q in plain.queries)

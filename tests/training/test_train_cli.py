@@ -52,7 +52,8 @@ def test_every_training_field_is_described_and_in_the_service_config():
     from core import training_config as t
     from core.config import FlowRouterConfig, load_config
 
-    for model in (t.TrainingConfig, t.PlannerRLConfig, t.ScorerDPOConfig, t.GateConfig, t.LoraSettings):
+    for model in (t.TrainingConfig, t.PlannerRLConfig, t.ScorerDPOConfig, t.PlannerCorrectionsConfig, t.GateConfig,
+                  t.LoraSettings):
         missing = [n for n, f in model.model_fields.items() if not f.description]
         assert not missing, f"{model.__name__} fields without description: {missing}"
     assert FlowRouterConfig.model_fields["training"].description
