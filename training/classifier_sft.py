@@ -12,12 +12,11 @@ from __future__ import annotations
 import gc
 import math
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from core.training_config import ClassifierSFTConfig
-from training.lora import Progress, common_args, load_tokenizer, recorder, trainable_model
+from training.lora import Progress, common_args, load_tokenizer, recorder, train_and_save, trainable_model
 from training.planner_rl import StageResult
 
 Encode = Callable[[str, str], tuple[list[int], int]]  # (prompt, completion) -> (token ids, first completion token)
@@ -65,16 +64,11 @@ def train_classifier_sft(*, weights: str | Path, init_adapter: str | None, out_d
                          max_length=cfg.max_length, packing=False, completion_only_loss=True)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(data_rows),
                              processing_class=tok, callbacks=[rec])
-        t0 = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - t0
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(str(out), selected_adapters=["default"])
+        seconds = train_and_save(trainer, out_dir)
     del trainer, model
     gc.collect()
     tokens = [len(r["input_ids"]) for r in data_rows]
-    return StageResult(adapter=str(out), steps=total, seconds=round(seconds, 2), history=rec.rows,
+    return StageResult(adapter=str(out_dir), steps=total, seconds=round(seconds, 2), history=rec.rows,
                        step_seconds=rec.step_seconds,
                        data={"rows": len(data_rows), "too_long": too_long,
                              "mean_tokens": round(sum(tokens) / len(tokens), 1), "max_tokens": max(tokens)})

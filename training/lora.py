@@ -50,6 +50,18 @@ def common_args(out_dir: str, seed: int, steps: int, stage: StageSettings) -> di
                 dataloader_num_workers=0, gradient_accumulation_steps=1)
 
 
+def train_and_save(trainer, out_dir: str | Path) -> float:
+    """Run a trl trainer and save only its trained adapter in `out_dir`; the training seconds."""
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # Only the trained adapter: trl may hold a frozen copy of the starting one as its reference.
+    trainer.model.save_pretrained(str(out), selected_adapters=["default"])
+    return seconds
+
+
 def recorder(stage: str, total: int, progress: Progress | None):
     """A TrainerCallback keeping every logged row (with seconds per step) and reporting progress."""
     from transformers import TrainerCallback

@@ -13,12 +13,11 @@ from __future__ import annotations
 import gc
 import math
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.training_config import PlannerRLConfig
-from training.lora import Progress, common_args, load_tokenizer, recorder, trainable_model
+from training.lora import Progress, common_args, load_tokenizer, recorder, train_and_save, trainable_model
 from training.rewards import ScorerReward, make_correction_reward, make_format_reward
 
 
@@ -89,16 +88,10 @@ def train_planner(*, weights: str | Path, init_adapter: str | None, out_dir: str
         )
         trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args,
                               train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[rec])
-        t0 = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - t0
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        # Only the trained adapter: trl may hold a frozen copy of the starting one as its reference.
-        trainer.model.save_pretrained(str(out), selected_adapters=["default"])
+        seconds = train_and_save(trainer, out_dir)
     del trainer, model
     gc.collect()
-    return StageResult(adapter=str(out), steps=total, seconds=round(seconds, 2), history=rec.rows,
+    return StageResult(adapter=str(out_dir), steps=total, seconds=round(seconds, 2), history=rec.rows,
                        step_seconds=rec.step_seconds,
                        data={"queries": len(rows), "correction_queries": sum(bool(r.get("target") or r.get("negative"))
                                                                              for r in rows)})

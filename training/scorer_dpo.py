@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import math
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from core.workflow import Workflow
 from experts.prompts import SCORER_SYSTEM, scorer_user_message
 from experts.scorer import workflow_text
 from training.data import LEVEL_SCORE, LEVELS, PAIRS, FeedbackItem, reversed_context
-from training.lora import Progress, common_args, load_tokenizer, recorder, trainable_model
+from training.lora import Progress, common_args, load_tokenizer, recorder, train_and_save, trainable_model
 from training.planner_rl import StageResult
 
 
@@ -194,19 +193,13 @@ def train_scorer(*, weights: str | Path, init_adapter: str | None, out_dir: str 
                          truncation_mode="keep_start", loss_type=list(loss_type),
                          loss_weights=list(loss_weights) if loss_weights else None)
         trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[rec])
-        t0 = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - t0
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        # Only the trained adapter: trl may hold a frozen copy of the starting one as its reference.
-        trainer.model.save_pretrained(str(out), selected_adapters=["default"])
+        seconds = train_and_save(trainer, out_dir)
     del trainer, model
     gc.collect()
     kinds: dict[str, int] = {}
     for r in rows:
         kind = r.get("kind", "other")
         kinds[kind] = kinds.get(kind, 0) + 1
-    return StageResult(adapter=str(out), steps=total, seconds=round(seconds, 2), history=rec.rows,
+    return StageResult(adapter=str(out_dir), steps=total, seconds=round(seconds, 2), history=rec.rows,
                        step_seconds=rec.step_seconds, data={"rows": len(rows), "too_long": too_long,
                                                             "kinds": kinds})

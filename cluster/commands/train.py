@@ -42,17 +42,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, help="cap both stages at N optimizer steps per iteration")
     p.add_argument("--rl-steps", type=int, help="Planner RL steps per iteration (default: one epoch)")
     p.add_argument("--dpo-steps", type=int, help="Scorer DPO steps per iteration (default: one epoch)")
-    p.add_argument("--out", help="root of versioned adapters (default training.output_dir or <cache>/training)")
-    p.add_argument("--local", action="store_true", help="run the jobs in this process, one after another (no Ray)")
-    p.add_argument("--address", help="Ray cluster to run the jobs on (default: a private local Ray)")
-    p.add_argument("--no-gate", action="store_true", help="skip the held-out evaluation (nothing can be published)")
-    p.add_argument("--publish", action="store_true",
-                   help="deploy winning adapters to the service running this config and publish the new map")
-    p.add_argument("--ray-address", help="the running service's Ray (default: from its pid file)")
-    p.add_argument("--url", help="the running service's URL (default: from its pid file)")
-    p.add_argument("--api-key", default=os.environ.get("FLOWROUTER_API_KEY"),
-                   help="admin API key for POST /v1/map (default $FLOWROUTER_API_KEY; not needed in open mode)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_options(p, jobs="the jobs", local="in this process, one after another (no Ray)",
+                    gate="the held-out evaluation",
+                    publish="deploy winning adapters to the service running this config and publish the new map")
     p.set_defaults(func=cmd_train)
     targets = p.add_subparsers(dest="target", metavar="classifier", required=False)
     c = targets.add_parser("classifier", help="fine-tune the classifier LLM (LoRA, trl SFT); gate on dev accuracy; "
@@ -72,20 +64,26 @@ def register(sub) -> None:
                    help="with --dataset: dev (default) trains on the train part of train and gates on the dev part; "
                         "test trains on the whole train part and gates on the test part (final figures only)")
     c.add_argument("--steps", type=int, help="optimizer steps (default classifier_sft.steps, else epochs over the rows)")
-    c.add_argument("--out", help="root of versioned adapters (default training.output_dir or <cache>/training)")
-    c.add_argument("--local", action="store_true", help="run the job in this process (no Ray)")
-    c.add_argument("--address", help="Ray cluster to run the job on (default: a private local Ray)")
-    c.add_argument("--no-gate", action="store_true", help="skip the dev evaluation (nothing can be published)")
-    c.add_argument("--publish", action="store_true",
-                   help="load a winning adapter into the classifier of the service running this config (no restart)")
+    add_run_options(c, jobs="the job", local="in this process (no Ray)", gate="the dev evaluation",
+                    publish="load a winning adapter into the classifier of the service running this config "
+                            "(no restart)")
     c.add_argument("--rollback", action="store_true",
                    help="no training: the running classifier serves its base weights again (no restart)")
-    c.add_argument("--ray-address", help="the running service's Ray (default: from its pid file)")
-    c.add_argument("--url", help="the running service's URL (default: from its pid file)")
-    c.add_argument("--api-key", default=os.environ.get("FLOWROUTER_API_KEY"),
-                   help="admin API key (default $FLOWROUTER_API_KEY; not needed in open mode)")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_train_classifier)
+
+
+def add_run_options(p, *, jobs: str, local: str, gate: str, publish: str) -> None:
+    """Where a training run goes, how it is gated and published: shared by `train` and `train classifier`."""
+    p.add_argument("--out", help="root of versioned adapters (default training.output_dir or <cache>/training)")
+    p.add_argument("--local", action="store_true", help=f"run {jobs} {local}")
+    p.add_argument("--address", help=f"Ray cluster to run {jobs} on (default: a private local Ray)")
+    p.add_argument("--no-gate", action="store_true", help=f"skip {gate} (nothing can be published)")
+    p.add_argument("--publish", action="store_true", help=publish)
+    p.add_argument("--ray-address", help="the running service's Ray (default: from its pid file)")
+    p.add_argument("--url", help="the running service's URL (default: from its pid file)")
+    p.add_argument("--api-key", default=os.environ.get("FLOWROUTER_API_KEY"),
+                   help="admin API key (default $FLOWROUTER_API_KEY; not needed in open mode)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def load_training(path: str):
