@@ -70,9 +70,11 @@ def model_version(cfg: FlowRouterConfig) -> str:
 
 
 def cache_key(text: str, *, map_version: str, model_version: str, n: int, expert: str | None,
-              incident: str | None = None) -> str:
+              incident: str | None = None, grounding: str = "") -> str:
+    """`grounding` names what answers are grounded in (knowledge-base version, case-memory revision): when
+    either moves, from any replica or the CLI, earlier answers are no longer found."""
     what = normalize(text) if incident is None else {"incident": incident}
-    blob = json.dumps([what, map_version, model_version, int(n), expert or ""])
+    blob = json.dumps([what, map_version, model_version, int(n), expert or "", grounding])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -70,9 +70,11 @@ def _reason(exc: BaseException) -> str:
 
 class FloodGate:
     def __init__(self, cfg: FlowRouterConfig, store: TicketStore, compute: Compute,
-                 current_map: Callable[[], Awaitable[TaskMap]]):
+                 current_map: Callable[[], Awaitable[TaskMap]], grounding: Callable[[], str] | None = None):
+        """`grounding()`: a stamp of what answers are grounded in; it is part of every cache key."""
         f = self.cfg = cfg.flood
         self.store, self.compute, self.current_map = store, compute, current_map
+        self.grounding = grounding or (lambda: "")
         self.default_n = cfg.planner.candidates
         self.model_version = model_version(cfg)
         self.cache = ResultCache(f.cache_max_entries, f.cache_ttl_s)
@@ -90,7 +92,7 @@ class FloodGate:
     def key(self, ticket: Ticket, n: int, expert: str | None, map_version: str) -> str:
         incident = ticket.alert.incident if ticket.alert is not None else None
         return cache_key(ticket.text(), map_version=map_version, model_version=self.model_version, n=n,
-                         expert=expert, incident=incident)
+                         expert=expert, incident=incident, grounding=self.grounding())
 
     # ---- the shared core -----------------------------------------------------------------------
     async def _share_or_compute(self, ticket: Ticket, n: int, expert: str | None, task_map: TaskMap,

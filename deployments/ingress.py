@@ -49,6 +49,7 @@ from deployments.prometheus import PrometheusExporter
 from deployments.ticket_store import DONE, TicketStore
 from deployments.webhooks import WebhookManager
 from experts.knowledge.cases import Case, CaseStore
+from experts.knowledge.store import KnowledgeStore
 from experts.scorer import best_index
 from router.examples import load_tasks
 from router.routing import get_router
@@ -150,7 +151,8 @@ class Ingress:
         self._checked = time.monotonic()
         self._map_lock = asyncio.Lock()
         # Ticket floods: cache + single flight, admission control, durable async worker (deployments/flood.py).
-        self.flood = FloodGate(self.cfg, self.store, self._compute, self.current_map)
+        self.knowledge = KnowledgeStore(knowledge_dir) if knowledge_dir else None
+        self.flood = FloodGate(self.cfg, self.store, self._compute, self.current_map, grounding=self.grounding)
         self.flood.worker.ensure_started()
         # GET /metrics: every node's Ray metrics agent plus the store, service-wide (deployments/prometheus.py).
         self.prometheus = PrometheusExporter(self.store.counts)
@@ -160,8 +162,15 @@ class Ingress:
         self.webhooks.ensure_started()
         # Alertmanager's webhook: firing alerts in as async tickets, resolved ones closing them.
         self.alerts = AlertReceiver(self.flood, self.store, self.cfg.serve.max_ticket_chars)
-        # Memory -> knowledge: proposals from the cases, approved by an admin; cached answers predate a new version.
-        kb_admin.configure(knowledge_dir, self.cases, self.cfg.cases.consolidate, on_change=self.flood.cache.clear)
+        # Memory -> knowledge: proposals from the cases, approved by an admin.
+        kb_admin.configure(knowledge_dir, self.cases, self.cfg.cases.consolidate)
+
+    def grounding(self) -> str:
+        """What answers are grounded in now: the current knowledge-base version and case-memory revision. Part
+        of the result cache's key, so an approval, a rollback or a case (from any replica or the CLI) is seen
+        by the next ticket instead of a cached answer that predates it."""
+        kb = self.knowledge.current_version() if self.knowledge is not None else ""
+        return f"{kb}:{self.cases.revision() if self.cases is not None else 0}"
 
     # ---- live map --------------------------------------------------------------------------
     async def current_map(self) -> TaskMap:
@@ -413,7 +422,6 @@ class Ingress:
             return None
         if verdict == "reject":
             self.cases.remove(ticket_id)
-            self.flood.cache.clear()
             return None
         result = row["result"]
         case = Case(ticket_id=ticket_id, text=Ticket.model_validate(row["request"]).text(), verdict=verdict,
@@ -422,8 +430,6 @@ class Ingress:
                     expert=result.get("expert"), comment=comment, outcome=outcome, principal=principal,
                     feedback_id=fid)
         self.cases.put(case)
-        # A cached answer to the same text would otherwise ignore the case until its TTL ran out.
-        self.flood.cache.clear()
         return case.id
 
     @app.get("/v1/map", summary="The live task->expert map and its history")

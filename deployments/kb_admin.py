@@ -17,7 +17,6 @@ No `from __future__ import annotations` here: FastAPI inside the Serve replica n
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
@@ -84,13 +83,13 @@ class RolledBack(BaseModel):
     current: str = Field(description="The version that is current now.")
 
 
-_STATE: dict = {"consolidator": None, "on_change": None, "periodic": False, "task": None}
+_STATE: dict = {"consolidator": None, "periodic": False, "task": None}
 
 
-def configure(knowledge_dir: str | None, cases: CaseStore | None, cfg, on_change: Callable[[], None] | None = None):
-    """This replica's consolidator (`cfg`: cases.consolidate); `on_change` runs after the current version moved."""
+def configure(knowledge_dir: str | None, cases: CaseStore | None, cfg):
+    """This replica's consolidator (`cfg`: cases.consolidate)."""
     _STATE.update(consolidator=Consolidator(knowledge_dir, cases, cfg) if knowledge_dir else None,
-                  on_change=on_change, periodic=bool(cfg.periodic and knowledge_dir and cases is not None))
+                  periodic=bool(cfg.periodic and knowledge_dir and cases is not None))
 
 
 def install(app: FastAPI) -> None:
@@ -155,11 +154,6 @@ async def _call(fn, *args, **kw):
         raise HTTPException(409, str(exc)) from None
 
 
-def _changed() -> None:
-    if _STATE["on_change"] is not None:
-        _STATE["on_change"]()
-
-
 @router.get("/v1/admin/kb", response_model=KbInfo, tags=["knowledge"],
             summary="The knowledge base's current version, its versions and pending proposals")
 async def kb_info() -> KbInfo:
@@ -195,7 +189,6 @@ async def get_proposal(proposal_id: str) -> ProposalView:
              summary="Apply a pending proposal: a new knowledge-base version becomes current (no restart)")
 async def approve_proposal(proposal_id: str) -> ProposalView:
     p = await _call(_consolidator().approve, proposal_id, by=current_principal_id())
-    _changed()
     log.info("consolidation: proposal %s approved by %r -> %s", p.id, p.decided_by, p.version)
     return _view(p)
 
@@ -210,6 +203,5 @@ async def reject_proposal(proposal_id: str) -> ProposalView:
              summary="Make the version the current one was made from current again")
 async def rollback() -> RolledBack:
     old, new = await _call(_consolidator().rollback)
-    _changed()
     log.info("knowledge base rolled back %s -> %s by %r", old, new, current_principal_id())
     return RolledBack(rolled_back=old, current=new)

@@ -117,6 +117,27 @@ def test_cache_key_moves_with_the_map_version(tmp_path):
     asyncio.run(main())
 
 
+def test_cache_key_moves_with_what_answers_are_grounded_in(tmp_path):
+    """A new knowledge-base version or case-memory revision (approved from the CLI, or a case written on another
+    replica) is seen by the next ticket, not hidden behind a cached answer."""
+    models = Models()
+    grounding = {"stamp": "v0001:0"}
+
+    async def main():
+        cfg = load_config()
+        gate = FloodGate(cfg, TicketStore(tmp_path / "t.sqlite"), models.compute, models.current_map,
+                         grounding=lambda: grounding["stamp"])
+        await gate.solve_sync(_t(1), None, None)
+        assert (await gate.solve_sync(_t(2), None, None)).shared == "cache"
+        grounding["stamp"] = "v0001:1"  # a case was recorded
+        assert (await gate.solve_sync(_t(3), None, None)).shared is None
+        grounding["stamp"] = "v0002:1"  # a consolidation was approved
+        assert (await gate.solve_sync(_t(4), None, None)).shared is None and len(models.calls) == 3
+        await gate.worker.stop()
+
+    asyncio.run(main())
+
+
 def test_cache_key_moves_with_the_model_version(tmp_path):
     models = Models()
 
