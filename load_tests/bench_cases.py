@@ -2,6 +2,7 @@
 
     python -m load_tests.bench_cases                 # starts a service on a held-out base, runs, shuts it down
     python -m load_tests.bench_cases --url URL       # a running service whose base lacks the held-out runbooks
+    python -m load_tests.bench_cases --consolidate   # + kb consolidate, approve, restart before the paraphrases
     python -m load_tests.bench_cases --calibrate     # offline: case similarity thresholds (no service)
 
 Cases: the first 30 Prometheus-operator runbook cases of the test split (`leaderboard.workflow_cases`),
@@ -12,7 +13,9 @@ meaning, as `flowrouter eval workflows` does), answers it with an `edit` whose s
 reference steps, and, once all 30 corrections are in, sends each paraphrase. It reports STEPScore F1 of
 the paraphrase's workflow against the correction (and of the first answer, before any correction), the
 share of paraphrases whose `similar_cases` cites the corrected ticket, and the case-retrieval time the
-Planner reports (`timings_ms.cases`, p50).
+Planner reports (`timings_ms.cases`, p50). With `--consolidate`, between the corrections and the paraphrases
+the case memory is consolidated over the admin API, the proposal approved, and the whole service restarted
+(`flowrouter shutdown` + `flowrouter serve`): the paraphrases then meet the approved version after a restart.
 
 `--calibrate` measures, with MiniLM and the same hybrid similarity the Planner uses, how similar each
 team ticket of `leaderboard/data/runbook_tickets.jsonl` (not the paraphrases measured here) is to its
@@ -137,20 +140,53 @@ class Service:
         self.url = f"http://127.0.0.1:{cfg.serve.port}"
         self.cli = [sys.executable, "-m", "cluster.cli"]
 
-    def __enter__(self):
+    def serve(self) -> None:
         out = subprocess.run([*self.cli, "serve", str(self.config)], cwd=REPO, capture_output=True, text=True,
                              timeout=1800)
         if out.returncode != 0:
             raise SystemExit(f"flowrouter serve failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+
+    def shutdown(self) -> None:
+        subprocess.run([*self.cli, "shutdown", str(self.config)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+
+    def restart(self) -> float:
+        t0 = time.perf_counter()
+        self.shutdown()
+        self.serve()
+        return time.perf_counter() - t0
+
+    def __enter__(self):
+        self.serve()
         return self
 
     def __exit__(self, *exc):
-        subprocess.run([*self.cli, "shutdown", str(self.config)], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+        self.shutdown()
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def replay(url: str, cases: list[WorkflowCase], candidates: int, api_key: str | None = None) -> dict:
+def consolidate_and_restart(http: httpx.Client, url: str, restart) -> dict:
+    """kb consolidate over the admin API, approve what it proposes, restart the service; what happened."""
+    r = http.post(f"{url}/v1/admin/kb/consolidate")
+    r.raise_for_status()
+    p = r.json()
+    print(f"consolidation proposal {p['id']}: {p['added']} new node(s), {p['revised']} revised", flush=True)
+    done = http.post(f"{url}/v1/admin/kb/proposals/{p['id']}/approve")
+    done.raise_for_status()
+    version = done.json()["version"]
+    print(f"approved as {version}; restarting the service ...", flush=True)
+    restart_s = restart()
+    current = http.get(f"{url}/v1/admin/kb").json()["current"]
+    if current != version:
+        raise SystemExit(f"after the restart the knowledge base is {current}, not the approved {version}")
+    return {"proposal": p["id"], "added": p["added"], "revised": p["revised"], "version": version,
+            "restart_s": round(restart_s, 1)}
+
+
+def replay(url: str, cases: list[WorkflowCase], candidates: int, api_key: str | None = None,
+           restart=None) -> dict:
+    """The replay; with `restart` (a callable that restarts the service), consolidate + approve + restart
+    between the corrections and the paraphrases."""
     para = load_paraphrases()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     run = uuid.uuid4().hex[:8]
@@ -171,6 +207,7 @@ def replay(url: str, cases: list[WorkflowCase], candidates: int, api_key: str | 
             corrections[c.id] = [s["text"] for s in fb.json()["workflow"]["steps"] if s["kind"] != "terminal"]
             per_case.append({"id": c.id, "ticket_id": tid})
             print(f"[{len(per_case)}/{len(cases)}] ticket + correction: {c.id}", flush=True)
+        consolidation = consolidate_and_restart(http, url, restart) if restart else None
         for c, row in zip(cases, per_case):
             p = para[c.id]
             r = http.post(f"{url}/v1/tickets", params=params, json={"title": p["title"], "description": p["description"]})
@@ -182,7 +219,8 @@ def replay(url: str, cases: list[WorkflowCase], candidates: int, api_key: str | 
             reference.append(body["knowledge"].get("reference") == f"case:{row['ticket_id']}")
             case_ms.append(body["timings_ms"].get("cases", 0.0))
             plan_ms.append(body["timings_ms"].get("plan", 0.0))
-            row.update(similar_cases=body.get("similar_cases", []), reference=body["knowledge"].get("reference"))
+            row.update(similar_cases=body.get("similar_cases", []), reference=body["knowledge"].get("reference"),
+                       context_ids=body.get("context_ids", []), knowledge_version=body.get("knowledge_version"))
             print(f"[{len(cited)}/{len(cases)}] paraphrase: {c.id}: cited {cited[-1]}, followed {reference[-1]}",
                   flush=True)
     refs = [corrections[c.id] for c in cases]
@@ -198,6 +236,7 @@ def replay(url: str, cases: list[WorkflowCase], candidates: int, api_key: str | 
         "followed_as_reference_pct": round(100 * sum(reference) / len(reference), 1),
         "case_retrieval_ms": {"p50": _pct(case_ms, 0.5), "p90": _pct(case_ms, 0.9)},
         "plan_ms_p50": _pct(plan_ms, 0.5),
+        "consolidation": consolidation,
         "per_case": per_case,
     }
 
@@ -208,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runbooks", type=Path, default=RUNBOOKS)
     ap.add_argument("--candidates", type=int, default=1, help="best-of-N of every ticket")
     ap.add_argument("--cases", type=int, default=N_CASES)
+    ap.add_argument("--consolidate", action="store_true",
+                    help="consolidate + approve + restart the service before the paraphrases (not with --url)")
     ap.add_argument("--calibrate", action="store_true", help="offline similarity thresholds, no service")
     ap.add_argument("--out", type=Path, help="write the JSON report here")
     args = ap.parse_args(argv)
@@ -218,13 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         print(json.dumps(calibrate(args.runbooks), indent=2))
         return 0
+    if args.consolidate and args.url:
+        print("--consolidate restarts the service, so it needs the service this script starts (drop --url)",
+              file=sys.stderr)
+        return 2
     cases = bench_cases(args.runbooks, args.cases)
     t0 = time.perf_counter()
     if args.url:
         report = replay(args.url, cases, args.candidates, os.environ.get("FLOWROUTER_API_KEY"))
     else:
         with Service(cases, args.runbooks, args.candidates) as svc:
-            report = replay(svc.url, cases, args.candidates)
+            report = replay(svc.url, cases, args.candidates, restart=svc.restart if args.consolidate else None)
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(report, indent=2)
     if args.out:

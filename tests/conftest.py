@@ -86,12 +86,17 @@ def free_port() -> int:
 class Service:
     """A real FlowRouter service, started through `flowrouter serve` as the README does."""
 
-    def __init__(self, url: str, config_path, cfg, keys: dict | None = None):
+    def __init__(self, url: str, config_path, cfg, keys: dict | None = None, restart=None):
         self.url, self.config_path, self.cfg = url, config_path, cfg
+        self._restart = restart
         # With access control on, post/get send the admin key unless a test passes its own Authorization
         # header. keys: role name -> plain key (see deployments/auth/).
         self.keys = keys or {}
         self.headers = {"Authorization": f"Bearer {self.keys['admin']}"} if "admin" in self.keys else {}
+
+    def restart(self) -> None:
+        """`flowrouter shutdown` then `flowrouter serve` on the same config, state dir and port."""
+        self._restart()
 
     @property
     def state_dir(self):
@@ -108,6 +113,25 @@ class Service:
         import httpx
 
         return httpx.get(self.url + path, timeout=timeout, **{**kw, "headers": {**self.headers, **kw.get("headers", {})}})
+
+
+def own_knowledge_base(cfg, directory) -> None:
+    """Give a test service a knowledge base of its own (tests approve and roll back versions in it), seeded
+    from the shared cache's build of the same documents when there is one, so nothing is rebuilt."""
+    import shutil
+
+    from experts.knowledge.build import default_directory
+
+    if cfg.knowledge.directory:
+        return
+    shared = default_directory(cfg.knowledge.docs)
+    if (shared / "current").exists():
+        current = (shared / "current").read_text().strip()
+        directory.mkdir(parents=True)
+        for name in ("cache", current, "current"):
+            copy = shutil.copytree if (shared / name).is_dir() else shutil.copy2
+            copy(shared / name, directory / name)
+    cfg.knowledge.directory = str(directory)
 
 
 def start_service(work, configure=None, keys: dict[str, tuple[str, int]] | None = None, address: str | None = None,
@@ -136,6 +160,7 @@ def start_service(work, configure=None, keys: dict[str, tuple[str, int]] | None 
         Path(cfg.serve.state_dir).mkdir(parents=True, exist_ok=True)
         if configure is not None:
             configure(cfg)
+        own_knowledge_base(cfg, work_dir / "kb")
         plain = {}
         raw_auth = {"mode": "open", "public_rate_per_minute": 0}
         if keys:
@@ -157,14 +182,25 @@ def start_service(work, configure=None, keys: dict[str, tuple[str, int]] | None 
         cli = [sys.executable, "-m", "cluster.cli"]
         extra = ["--address", address] if address else []
         run_env = dict(os.environ, **(env or {}))
-        started = subprocess.run([*cli, "serve", str(path), *extra], capture_output=True, text=True, timeout=1200,
-                                 env=run_env)
-        if started.returncode != 0:
-            pytest.fail(f"flowrouter serve failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
-        try:
-            yield Service(f"http://127.0.0.1:{cfg.serve.port}", path, load_config(path), plain)
-        finally:
+
+        def serve():
+            started = subprocess.run([*cli, "serve", str(path), *extra], capture_output=True, text=True,
+                                     timeout=1200, env=run_env)
+            if started.returncode != 0:
+                pytest.fail(f"flowrouter serve failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
+
+        def shutdown():
             subprocess.run([*cli, "shutdown", str(path)], capture_output=True, text=True, timeout=300, env=run_env)
+
+        def restart():
+            shutdown()
+            serve()
+
+        serve()
+        try:
+            yield Service(f"http://127.0.0.1:{cfg.serve.port}", path, load_config(path), plain, restart)
+        finally:
+            shutdown()
 
     return run()
 

@@ -1,13 +1,16 @@
-"""Case memory end to end on the shared session service: a ticket, its correction, and a paraphrase of it
-that gets the corrected workflow and cites the case. Ticket texts are far from every other e2e test's
-(no disk, DNS, ledger or certificate words), so the case they leave in the session's memory is never
-retrieved by those tests."""
+"""Case memory end to end: a ticket, its correction, and a paraphrase of it that gets the corrected workflow
+and cites the case (the session service); consolidation approved over the admin API, and a case and its
+consolidated node that survive a restart of the whole service (the slim service, the cheaper one to restart).
+Ticket texts are far from every other e2e test's (no disk, DNS, ledger or certificate words), so the cases
+they leave in the sessions' memory are never retrieved by those tests."""
 
 import httpx
 import pytest
 
 from core.stepscore import step_score
 from deployments.ticket_store import TicketStore
+from experts.knowledge.consolidate import new_node_id
+from experts.knowledge.store import KnowledgeStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -93,4 +96,52 @@ def test_consolidate_over_the_admin_api_serves_a_new_version_and_rolls_back(serv
         assert r.json()["knowledge_version"] == done["version"]  # picked up by the running Planner
     finally:
         back = service.post("/v1/admin/kb/rollback")
+        assert back.status_code == 200 and back.json()["current"] == before["current"], back.text
+
+
+BADGE = {"id": "e2e-case-badge-1", "title": "Badge readers at loading dock door 4 reject every employee badge",
+         "description": "Since the door controller firmware push this morning the dock 4 readers blink red for all "
+                        "badges; the other doors open fine."}
+BADGE_PARAPHRASE = {"title": "Dock door 4 card readers refuse all staff cards, red light",
+                    "description": "Every access card fails at the loading dock 4 entrance after today's controller "
+                                   "update; other entrances work."}
+BADGE_CORRECTION = ["Check the dock 4 door controller's firmware version in the access console",
+                    "Was the firmware updated today? yes 3, no 4",
+                    "[change] Roll the dock 4 controller back to the previous firmware",
+                    "Resync the badge list from the access server to the controller",
+                    "[end] Resolved: dock 4 readers accept badges again"]
+
+
+def test_a_case_and_its_approved_node_survive_a_full_restart(slim_service):
+    """ticket -> edit -> consolidate -> approve -> `flowrouter shutdown` + `flowrouter serve` -> the paraphrase is
+    still answered from the case, on the approved version, which holds the consolidated node."""
+    svc = slim_service
+    r = svc.post("/v1/tickets", params={"candidates": 1}, json=BADGE)
+    assert r.status_code == 200, r.text
+    tid = BADGE["id"]
+    fb = svc.post(f"/v1/tickets/{tid}/feedback", json={"verdict": "edit", "steps": BADGE_CORRECTION})
+    assert fb.status_code == 201, fb.text
+    corrected = [s["text"] for s in fb.json()["workflow"]["steps"] if s["kind"] != "terminal"]
+    before = svc.get("/v1/admin/kb").json()
+    p = svc.post("/v1/admin/kb/consolidate").json()
+    assert any(tid in c["cases"] and c["kind"] == "add" for c in p["changes"]), p["diff"]
+    done = svc.post(f"/v1/admin/kb/proposals/{p['id']}/approve").json()
+    assert done["status"] == "approved", done
+    try:
+        svc.restart()
+        assert svc.get("/v1/admin/kb").json()["current"] == done["version"]  # the restart did not rebuild it away
+        r = svc.post("/v1/tickets", params={"candidates": 1, "cache": "false"}, json=BADGE_PARAPHRASE)
+        assert r.status_code == 200, r.text
+        result = r.json()
+        assert result["knowledge_version"] == done["version"]
+        cited = {c["ticket_id"]: c for c in result["similar_cases"]}
+        assert tid in cited and cited[tid]["verdict"] == "edit", result["similar_cases"]
+        assert result["knowledge"]["reference"] == f"case:{tid}", result["knowledge"]
+        # A corrected case is shown alone (it replaces what it corrected), so the node is checked in the base.
+        served = KnowledgeStore(svc.cfg.knowledge.directory).read(done["version"])
+        assert new_node_id(tid) in {n.id for n in served.nodes}
+        steps = [s["text"] for s in result["workflow"]["steps"] if s["kind"] != "terminal"]
+        assert step_score(steps, corrected).f1 >= 80, result["workflow"]["mermaid"]
+    finally:
+        back = svc.post("/v1/admin/kb/rollback")
         assert back.status_code == 200 and back.json()["current"] == before["current"], back.text
