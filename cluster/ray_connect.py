@@ -23,3 +23,16 @@ def connect_ray(address: str, namespace: str, runtime_env: dict | None = None, l
     loopback = address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
     ray.init(address=address, namespace=namespace, log_to_driver=log_to_driver, runtime_env=runtime_env,
              **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
+    forget_serve_client()
+
+
+def forget_serve_client() -> None:
+    """Drop Serve's cached controller client. Ray keeps it across `ray.shutdown()`, so a process that joined
+    another cluster before (a restarted service, a second service) would call a controller of that one and
+    fail with "from a different cluster" (ray-project/ray#62368, #64647); the next Serve call finds the
+    controller of the cluster joined now."""
+    try:
+        from ray.serve.context import _set_global_client
+    except ImportError:  # a Ray whose Serve no longer caches the client this way
+        return
+    _set_global_client(None)
