@@ -89,10 +89,10 @@ class FloodGate:
         self.adaptive = AdaptiveN(f.adaptive_n)
 
     # ---- keys ----------------------------------------------------------------------------------
-    def key(self, ticket: Ticket, n: int, expert: str | None, map_version: str) -> str:
+    def key(self, ticket: Ticket, n: int, expert: str | None, map_version: str, grounding: str) -> str:
         incident = ticket.alert.incident if ticket.alert is not None else None
         return cache_key(ticket.text(), map_version=map_version, model_version=self.model_version, n=n,
-                         expert=expert, incident=incident, grounding=self.grounding())
+                         expert=expert, incident=incident, grounding=grounding)
 
     # ---- the shared core -----------------------------------------------------------------------
     async def _share_or_compute(self, ticket: Ticket, n: int, expert: str | None, task_map: TaskMap,
@@ -101,9 +101,10 @@ class FloodGate:
         t0 = time.perf_counter()
         choice = self.adaptive.choose(n, self.load())
         cached = use_cache and self.cfg.cache
-        key = self.key(ticket, choice.n, expert, task_map.version) if cached else None
+        grounding = self.grounding() if cached else ""  # read once: a file and a SQLite row
+        key = self.key(ticket, choice.n, expert, task_map.version, grounding) if cached else None
         if key is not None:
-            hit = self._cached(ticket, n, choice, expert, task_map.version) or self.cache.get(key)
+            hit = self._cached(ticket, n, choice, expert, task_map.version, grounding) or self.cache.get(key)
             if hit is not None:
                 on_admitted()
                 return self._with_n(self._shared(hit, ticket.id, "cache", t0), n, choice)
@@ -127,13 +128,13 @@ class FloodGate:
         return Load(inflight=self.admission.inflight, waiting=self.admission.waiting_all, queued_async=queued,
                     slots=self.admission.max_inflight)
 
-    def _cached(self, ticket: Ticket, n: int, choice: NChoice, expert: str | None,
-                map_version: str) -> TicketResult | None:
+    def _cached(self, ticket: Ticket, n: int, choice: NChoice, expert: str | None, map_version: str,
+                grounding: str) -> TicketResult | None:
         """Under the heaviest load, a finished workflow of the same incident written with any N."""
         if not choice.reuse_any_n:
             return None
         for other in sorted({n, self.default_n, *range(1, 17)} - {choice.n}, reverse=True):
-            hit = self.cache.peek(self.key(ticket, other, expert, map_version))
+            hit = self.cache.peek(self.key(ticket, other, expert, map_version, grounding))
             if hit is not None:
                 return hit
         return None

@@ -168,11 +168,15 @@ class Service:
 def consolidate_and_restart(http: httpx.Client, url: str, restart) -> dict:
     """kb consolidate over the admin API, approve what it proposes, restart the service; what happened."""
     r = http.post(f"{url}/v1/admin/kb/consolidate")
-    r.raise_for_status()
+    if r.status_code != 200:
+        raise SystemExit(f"kb consolidate refused: HTTP {r.status_code} {r.text[:300]}")
     p = r.json()
+    if not p["filed"]:
+        raise SystemExit("kb consolidate proposed nothing from the 30 corrections: nothing to replay against")
     print(f"consolidation proposal {p['id']}: {p['added']} new node(s), {p['revised']} revised", flush=True)
     done = http.post(f"{url}/v1/admin/kb/proposals/{p['id']}/approve")
-    done.raise_for_status()
+    if done.status_code != 200:
+        raise SystemExit(f"approving {p['id']} refused: HTTP {done.status_code} {done.text[:300]}")
     version = done.json()["version"]
     print(f"approved as {version}; restarting the service ...", flush=True)
     restart_s = restart()

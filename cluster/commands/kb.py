@@ -30,16 +30,14 @@ def register(subparsers) -> None:
     a.set_defaults(func=cmd_add)
 
     i = sub.add_parser("info", help="version, counts and documents of a base")
-    i.add_argument("--out", metavar="DIR", help="knowledge-base directory")
-    i.add_argument("--config", metavar="FILE", help="FlowRouter config whose knowledge section names the base")
+    _base_options(i)
     i.add_argument("--docs", action="store_true", help="list every document with its method, counts and tasks")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
 
     q = sub.add_parser("query", help="retrieve chunks and incident nodes for a text")
     q.add_argument("text", help="ticket or question")
-    q.add_argument("--out", metavar="DIR", help="knowledge-base directory")
-    q.add_argument("--config", metavar="FILE", help="FlowRouter config whose knowledge section names the base")
+    _base_options(q)
     q.add_argument("--scope", action="append", metavar="TAG", help="only documents filed under this task or with "
                                                                   "this tag (repeatable)")
     q.add_argument("--min-relevance", type=float, default=None, help="relevance the best incident needs (default: "
@@ -69,9 +67,14 @@ def register(subparsers) -> None:
     c.set_defaults(func=cmd_consolidate)
 
     r = sub.add_parser("rollback", help="make the version the current one was made from current again")
-    r.add_argument("--config", metavar="FILE", help="FlowRouter config whose knowledge section names the base")
-    r.add_argument("--out", metavar="DIR", help="knowledge-base directory")
+    _base_options(r)
     r.set_defaults(func=cmd_rollback)
+
+
+def _base_options(p: argparse.ArgumentParser) -> None:
+    """Which base a reading or rollback command acts on."""
+    p.add_argument("--out", metavar="DIR", help="knowledge-base directory")
+    p.add_argument("--config", metavar="FILE", help="FlowRouter config whose knowledge section names the base")
 
 
 def _common(p: argparse.ArgumentParser) -> None:

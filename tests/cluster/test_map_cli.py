@@ -4,8 +4,6 @@ and MapStore), and `leaderboard add-model --publish` refusals that need no runni
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -25,65 +23,35 @@ class FakeService:
         self.store = MapStore(tmp_path / "maps")
         self.store.publish(TaskMap(version="m1", routes={t: "alpha" for t in TASKS}, fallback="alpha"))
         self.requests: list[tuple[str, str, str | None]] = []
-        svc = self
+        self.url = ""
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _role(self):
-                key = (self.headers.get("authorization") or "").removeprefix("Bearer ").strip()
-                return {ADMIN: "admin", READER: "ticket"}.get(key)
-
-            def do_GET(self):
-                svc.requests.append(("GET", self.path, self.headers.get("authorization")))
-                if self._role() is None:
-                    return self._send(401, {"detail": "API key required"})
-                self._send(200, {"current": svc.store.current().model_dump(), "history": svc.store.history(),
-                                 "tasks": TASKS, "experts": EXPERTS})
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                svc.requests.append(("POST", self.path, self.headers.get("authorization")))
-                role = self._role()
-                if role is None:
-                    return self._send(401, {"detail": "API key required"})
-                if role != "admin":
-                    return self._send(403, {"detail": "this endpoint needs the admin role"})
-                try:
-                    if self.path == "/v1/map":
-                        m = TaskMap.model_validate(json.loads(body)).check(TASKS, EXPERTS)
-                        p = svc.store.publish(m)
-                        return self._send(200, {"published": p.version, "map": p.model_dump()})
-                    r = svc.store.rollback()
-                    return self._send(200, {"restored": r.version, "map": r.model_dump()})
-                except MapError as exc:
-                    return self._send(409, {"detail": str(exc)})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def respond(self, method, path, headers, body):
+        self.requests.append((method, path, headers.get("authorization")))
+        key = (headers.get("authorization") or "").removeprefix("Bearer ").strip()
+        role = {ADMIN: "admin", READER: "ticket"}.get(key)
+        if role is None:
+            return 401, {"detail": "API key required"}
+        if method == "GET":
+            return 200, {"current": self.store.current().model_dump(), "history": self.store.history(),
+                         "tasks": TASKS, "experts": EXPERTS}
+        if role != "admin":
+            return 403, {"detail": "this endpoint needs the admin role"}
+        try:
+            if path == "/v1/map":
+                p = self.store.publish(TaskMap.model_validate(body).check(TASKS, EXPERTS))
+                return 200, {"published": p.version, "map": p.model_dump()}
+            r = self.store.rollback()
+            return 200, {"restored": r.version, "map": r.model_dump()}
+        except MapError as exc:
+            return 409, {"detail": str(exc)}
 
 
 @pytest.fixture
-def svc(tmp_path, monkeypatch):
+def svc(tmp_path, monkeypatch, stand_in):
     monkeypatch.delenv("FLOWROUTER_ADMIN_KEY", raising=False)
-    monkeypatch.delenv("FLOWROUTER_API_KEY", raising=False)
     s = FakeService(tmp_path)
-    yield s
-    s.close()
+    s.url = stand_in(s.respond)
+    return s
 
 
 def _write_map(path, version="m2", routes=None, fallback="beta", **extra):

@@ -1,9 +1,5 @@
 """`flowrouter status` against a stand-in of /healthz and /v1/stats (a real HTTP server on loopback)."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from cluster.cli import main
@@ -20,32 +16,15 @@ STATS = {"window_s": 60, "tickets_per_s": 0.25, "latency_ms": {"p50": 1500.0, "p
 
 
 @pytest.fixture
-def svc(monkeypatch):
-    monkeypatch.delenv("FLOWROUTER_API_KEY", raising=False)
+def svc(stand_in):
+    def respond(method, path, headers, body):
+        if path == "/healthz":
+            return 200, HEALTH
+        if headers.get("authorization") != f"Bearer {KEY}":
+            return 401, {"detail": "API key required"}
+        return 200, STATS
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            if self.path == "/healthz":
-                status, body = 200, HEALTH
-            elif self.headers.get("authorization") != f"Bearer {KEY}":
-                status, body = 401, {"detail": "API key required"}
-            else:
-                status, body = 200, STATS
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    return stand_in(respond)
 
 
 def test_status_shows_map_experts_queue_and_webhooks(svc, capsys):

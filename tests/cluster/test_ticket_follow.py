@@ -1,8 +1,6 @@
 """`flowrouter ticket --follow` against a stand-in of the ticket API (a real HTTP server on loopback)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -18,39 +16,20 @@ STATES = [("queued", 0, None), ("queued", 0, None), ("running", 1, None), ("queu
 
 
 @pytest.fixture
-def svc(monkeypatch):
-    monkeypatch.delenv("FLOWROUTER_API_KEY", raising=False)
+def svc(stand_in):
     seen = {"posts": [], "polls": 0}
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def _send(self, status, body):
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self):
-            url = urlparse(self.path)
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+    def respond(method, path, headers, body):
+        if method == "POST":
+            url = urlparse(path)
             seen["posts"].append((url.path, parse_qs(url.query), body))
-            self._send(202, {"ticket_id": "t1", "status": "queued", "status_url": "/v1/tickets/t1"})
+            return 202, {"ticket_id": "t1", "status": "queued", "status_url": "/v1/tickets/t1"}
+        status, attempts, error = STATES[min(seen["polls"], len(STATES) - 1)]
+        seen["polls"] += 1
+        return 200, {"ticket_id": "t1", "status": status, "attempts": attempts, "error": error,
+                     "result": RESULT if status == "done" else None}
 
-        def do_GET(self):
-            status, attempts, error = STATES[min(seen["polls"], len(STATES) - 1)]
-            seen["polls"] += 1
-            self._send(200, {"ticket_id": "t1", "status": status, "attempts": attempts, "error": error,
-                             "result": RESULT if status == "done" else None})
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    return stand_in(respond), seen
 
 
 def test_follow_prints_each_status_change_then_the_result(svc, capsys, monkeypatch):

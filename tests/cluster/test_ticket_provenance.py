@@ -1,10 +1,6 @@
 """`flowrouter ticket` shows what a workflow was grounded in (runbook nodes, chunks, past cases and the
 reference it followed), against a stand-in of the ticket API (a real HTTP server on loopback)."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from cluster.cli import main
@@ -40,27 +36,8 @@ RESULT = {
 
 
 @pytest.fixture
-def svc(monkeypatch):
-    monkeypatch.delenv("FLOWROUTER_API_KEY", raising=False)
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers["content-length"]))
-            data = json.dumps(RESULT).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def svc(stand_in):
+    return stand_in(lambda method, path, headers, body: (200, RESULT))
 
 
 def test_ticket_prints_the_grounding_similar_cases_and_step_sources(svc, capsys):
