@@ -76,6 +76,24 @@ def pid_file(cfg: FlowRouterConfig) -> Path:
     return Path(cfg.serve.state_dir) / f"server-{cfg.serve.port}.json"
 
 
+def process_start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), or None if there is no such process.
+
+    A pid names a process only while it runs: the pid file records this too, so a stale file whose pid
+    the kernel has since handed to another process is never signalled."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def server_record(cfg: FlowRouterConfig, **extra) -> str:
+    pid = os.getpid()
+    return json.dumps({"pid": pid, "started": process_start_ticks(pid), "url": url_of(cfg),
+                       "config": cfg.source, **extra})
+
+
 def url_of(cfg: FlowRouterConfig) -> str:
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
     return f"http://{host}:{cfg.serve.port}"
@@ -129,13 +147,12 @@ def run_foreground(config_path: str | None, port: int | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    pid_file(cfg).write_text(json.dumps({"pid": os.getpid(), "url": url_of(cfg), "config": cfg.source}))
+    pid_file(cfg).write_text(server_record(cfg))
     try:
         deploy(cfg, knowledge_dir)
         save_deployed(cfg, knowledge_dir)
         # Where this private Ray lives (ops and tests: its Prometheus endpoint, its actors).
-        pid_file(cfg).write_text(json.dumps({"pid": os.getpid(), "url": url_of(cfg), "config": cfg.source,
-                                             **ray_endpoints()}))
+        pid_file(cfg).write_text(server_record(cfg, **ray_endpoints()))
         print(f"FlowRouter is serving at {url_of(cfg)}", flush=True)
         while not stop["now"]:
             time.sleep(0.5)
@@ -218,7 +235,11 @@ def stop_background(cfg: FlowRouterConfig, timeout_s: float = 60) -> bool:
     pf = pid_file(cfg)
     if not pf.exists():
         return False
-    pid = json.loads(pf.read_text())["pid"]
+    record = json.loads(pf.read_text())
+    pid = record["pid"]
+    if process_start_ticks(pid) != record.get("started"):
+        pf.unlink(missing_ok=True)  # the server is gone; its pid may now be someone else's
+        return False
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

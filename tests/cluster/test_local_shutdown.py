@@ -39,7 +39,8 @@ def test_shutdown_stops_the_server_and_its_stragglers(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     child = int(proc.stdout.readline())
-    local.pid_file(cfg).write_text(json.dumps({"pid": proc.pid, "url": "http://127.0.0.1:18999"}))
+    local.pid_file(cfg).write_text(json.dumps({"pid": proc.pid, "started": local.process_start_ticks(proc.pid),
+                                               "url": "http://127.0.0.1:18999"}))
     # Reap the stand-in as soon as it exits (the real server is not our child, so never a zombie).
     threading.Thread(target=proc.wait, daemon=True).start()
     try:
@@ -63,3 +64,20 @@ def test_shutdown_without_a_recorded_server_says_so(tmp_path):
     cfg = load_config(None)
     cfg.serve.state_dir = str(tmp_path)
     assert local.stop_background(cfg) is False
+
+
+def test_a_stale_record_whose_pid_was_reused_is_not_signalled(tmp_path):
+    cfg = load_config(None)
+    cfg.serve.state_dir = str(tmp_path)
+    cfg.serve.port = 18998
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        # the recorded server started at another time than the process that now holds its pid
+        started = local.process_start_ticks(bystander.pid) - 1
+        local.pid_file(cfg).write_text(json.dumps({"pid": bystander.pid, "started": started}))
+        assert local.stop_background(cfg) is False
+        assert bystander.poll() is None, "a process that is not the server was signalled"
+        assert not local.pid_file(cfg).exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
