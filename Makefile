@@ -36,7 +36,7 @@ stop: $(STAMP)
 	$(BIN)/flowrouter shutdown $(CONFIG)
 
 test: $(STAMP) console-assets  ## all tests: unit, real small models, and the real service end to end
-	$(BIN)/python -m pytest -q -m "not vllm" --durations=15
+	PY=$(BIN)/python bash scripts/test-suite.sh
 
 test-fast: $(STAMP)  ## unit tests only (no service start)
 	$(BIN)/python -m pytest -q -m "not vllm and not e2e and not slow and not model"

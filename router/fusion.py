@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -342,7 +343,7 @@ def save_fusion(fitted: FittedFusion, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("gate-*.json"):  # gates were learned on another fusion
         old.unlink()
-    tmp = folder / (MODEL_FILE + ".tmp")
+    tmp = folder / f"{MODEL_FILE}.tmp{os.getpid()}"  # two processes may fit the same artefact
     joblib.dump({"version": fitted.version, "names": fitted.names, "weights": fitted.weights, "head": fitted.head,
                  "svc": fitted.svc, "oof_probs": fitted.oof_probs, "oof_neighbours": fitted.oof_neighbours,
                  "oof_components": fitted.oof_components, "stacker": fitted.stacker}, tmp)

@@ -321,8 +321,15 @@ def service_factory():
 MODEL_FIXTURES = {"smollm2", "smollm", "trained", "gemma"}
 
 
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests that load real weights carry the `model` marker (make test-fast leaves them out)."""
+    """Tests that load real weights carry the `model` marker (make test-fast leaves them out). Tests on the
+    session service carry `service_half`, so `make test` runs them in a process of their own beside the rest:
+    the service starts once, and the other process's models use the second core."""
     for item in items:
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("e2e"):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if MODEL_FIXTURES & fixtures or item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.model)
+        if "service" in fixtures:
+            item.add_marker(pytest.mark.service_half)

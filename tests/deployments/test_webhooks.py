@@ -23,6 +23,10 @@ from deployments.auth.keys import KeyEntry, KeyFile, redact_url
 from deployments.flood import FloodGate
 from deployments.ticket_store import TicketStore
 
+# Each test here takes under a second: a stall (a delivery or a receiver that never returns) should fail fast
+# with its stacks, not sit out the suite-wide timeout.
+pytestmark = pytest.mark.timeout(60)
+
 SECRET = "s3cret-s3cret-s3cret-s3cret"
 WORKFLOW = {
     "mermaid": "flowchart TD",
@@ -199,7 +203,8 @@ def test_retries_with_backoff_until_the_receiver_accepts(tmp_path, receiver_fact
         mgr = _manager(store)
         caplog.set_level(logging.DEBUG)
         assert mgr.ticket_finished(row)  # starts the sender on this loop
-        await _until(lambda: store_row()["status"] == "delivered")
+        # The row says delivered a moment before the sender counts it: wait for both before stopping it.
+        await _until(lambda: store_row()["status"] == "delivered" and mgr.sent["ok"] == 1)
         await mgr.stop()
         return mgr.stats()
 
