@@ -16,7 +16,7 @@ import json
 import logging
 import time
 
-from cluster.local import deployed_file, pid_file, save_deployed
+from cluster.local import deployed_file, pid_file, recorded_server_alive, save_deployed
 from core.config import FlowRouterConfig, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -24,16 +24,6 @@ log = logging.getLogger(__name__)
 
 class DeployError(RuntimeError):
     pass
-
-
-def _alive(pid) -> bool:
-    import os
-
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
 
 
 def deployed_config(cfg: FlowRouterConfig, wait_s: float = 600) -> tuple[FlowRouterConfig, str | None, str]:
@@ -54,7 +44,7 @@ def deployed_config(cfg: FlowRouterConfig, wait_s: float = 600) -> tuple[FlowRou
             server = {}
         if server.get("ray_address") and df.exists():
             break
-        if not pf.exists() or not _alive(server.get("pid")):
+        if not pf.exists() or not recorded_server_alive(server):
             raise DeployError(f"the service recorded in {pf} is not running")
         if time.time() > deadline:
             raise DeployError(f"the service on port {cfg.serve.port} did not finish starting within {wait_s:.0f}s "

@@ -88,6 +88,19 @@ def process_start_ticks(pid: int) -> int | None:
         return None
 
 
+def recorded_server_alive(record: dict) -> bool:
+    """Whether the process a pid file names still runs and is the one that wrote it (same start time).
+
+    A record without a start time, written by an older server, is trusted on its pid alone, so upgrading
+    never orphans a running server."""
+    try:
+        pid = int(record["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    started = process_start_ticks(pid)
+    return started is not None and record.get("started", started) == started
+
+
 def server_record(cfg: FlowRouterConfig, **extra) -> str:
     pid = os.getpid()
     return json.dumps({"pid": pid, "started": process_start_ticks(pid), "url": url_of(cfg),
@@ -237,7 +250,7 @@ def stop_background(cfg: FlowRouterConfig, timeout_s: float = 60) -> bool:
         return False
     record = json.loads(pf.read_text())
     pid = record["pid"]
-    if process_start_ticks(pid) != record.get("started"):
+    if not recorded_server_alive(record):
         pf.unlink(missing_ok=True)  # the server is gone; its pid may now be someone else's
         return False
     try:

@@ -321,8 +321,6 @@ def service_factory():
 MODEL_FIXTURES = {"smollm2", "smollm", "trained", "gemma"}
 
 
-
-
 def pytest_collection_modifyitems(config, items):
     """Tests that load real weights carry the `model` marker (make test-fast leaves them out). Tests on the
     session service carry `service_half`, so `make test` runs them in a process of their own beside the rest:

@@ -81,3 +81,18 @@ def test_a_stale_record_whose_pid_was_reused_is_not_signalled(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_record_without_a_start_time_is_trusted_on_its_pid(tmp_path):
+    """A pid file written by an older server (no start time) still stops that server."""
+    cfg = load_config(None)
+    cfg.serve.state_dir = str(tmp_path)
+    cfg.serve.port = 18997
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        local.pid_file(cfg).write_text(json.dumps({"pid": server.pid}))
+        assert local.stop_background(cfg, timeout_s=10) is True
+        assert server.wait(timeout=10) is not None
+    finally:
+        server.kill()
+        server.wait()
