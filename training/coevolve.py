@@ -66,8 +66,9 @@ def cases_dir(cfg: FlowRouterConfig) -> Path:
 
 
 def plan_jobs(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, live_map=None,
-              feedback_rows: list[dict] | None = None) -> list[TrainJob]:
-    """One TrainJob per expert name: its serving spec, the data split, queries and feedback."""
+              feedback_rows: list[dict] | None = None, build_knowledge: bool = True) -> list[TrainJob]:
+    """One TrainJob per expert name: its serving spec, the data split, queries and feedback. Without
+    `build_knowledge` the jobs carry no knowledge base (a plan to look at, not to run)."""
 
     tc = cfg.training
     specs = {}
@@ -87,8 +88,10 @@ def plan_jobs(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, liv
     base_queries = tdata.sample(tdata.case_queries(train_cases), opts.max_queries or tc.max_queries, tc.seed)
     if opts.query_file:
         base_queries += tdata.read_query_file(opts.query_file)
-    docs = tc.knowledge_docs or [str(folder)]
-    knowledge_dir = str(ensure_knowledge_base(KnowledgeConfig(docs=docs), progress=opts.show_progress))
+    knowledge_dir = None
+    if build_knowledge:
+        docs = tc.knowledge_docs or [str(folder)]
+        knowledge_dir = str(ensure_knowledge_base(KnowledgeConfig(docs=docs), progress=opts.show_progress))
     feedback = []
     if tc.feedback and feedback_rows:
         feedback = tdata.read_feedback(feedback_rows)
@@ -108,6 +111,29 @@ def plan_jobs(cfg: FlowRouterConfig, experts: list[str], opts: TrainOptions, liv
                              knowledge_dir=knowledge_dir, out_root=out_root, rl_steps=opts.rl_steps,
                              dpo_steps=opts.dpo_steps, evaluate=opts.evaluate))
     return jobs
+
+
+def describe_jobs(jobs: list[TrainJob]) -> list[dict]:
+    """What each planned job trains on, as `flowrouter train --dry-run` shows it: where its queries come
+    from, the held-out cases, the operator verdicts its Scorer rows come from, and each correction pair
+    (the operator's workflow over the candidate it replaced) with its RL query."""
+    out = []
+    for job in jobs:
+        origins: dict[str, int] = {}
+        for q in job.queries:
+            origins[q.origin] = origins.get(q.origin, 0) + 1
+        verdicts: dict[str, int] = {}
+        for f in job.feedback:
+            verdicts[f.verdict] = verdicts.get(f.verdict, 0) + 1
+        rl = {q.id: q for q in job.queries if q.origin == "correction"}
+        out.append({
+            "expert": job.expert.name, "queries": origins, "holdout": [c.id for c in job.holdout],
+            "feedback_verdicts": verdicts,
+            "corrections": [{"ticket_id": e.ticket_id, "kind": e.kind, "chosen": e.chosen, "rejected": e.rejected,
+                             "rl_query": f"ticket:{e.ticket_id}" in rl} for e in job.corrections],
+            "negatives": [q.id for q in rl.values() if q.target is None and q.negative is not None],
+        })
+    return out
 
 
 Runner = Callable[[list[tuple[str, dict]], FlowRouterConfig, TrainOptions], dict[str, JobOutcome]]

@@ -2,7 +2,7 @@
 
     flowrouter train --expert NAME [--expert NAME ...] --iterations K [--config FILE] [--training FILE]
                      [--queries N|FILE] [--steps N] [--rl-steps N] [--dpo-steps N]
-                     [--out DIR] [--local] [--address RAY] [--no-gate] [--publish [--api-key KEY]]
+                     [--out DIR] [--local] [--address RAY] [--no-gate] [--publish [--api-key KEY]] [--dry-run]
 
 One Ray actor per expert runs K iterations of (one Planner GRPO epoch, one Scorer DPO epoch) from
 queries only, writes versioned adapters with metadata and a report (reward/loss curves) under
@@ -22,6 +22,7 @@ without a restart (docs/training.md, "flowrouter train classifier").
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from cluster.cli import CliError
@@ -42,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, help="cap both stages at N optimizer steps per iteration")
     p.add_argument("--rl-steps", type=int, help="Planner RL steps per iteration (default: one epoch)")
     p.add_argument("--dpo-steps", type=int, help="Scorer DPO steps per iteration (default: one epoch)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="train nothing: print, as JSON, what each expert's job would train on (query sources, "
+                        "held-out cases, operator verdicts, corrections with the candidates they replaced)")
     add_run_options(p, jobs="the jobs", local="in this process, one after another (no Ray)",
                     gate="the held-out evaluation",
                     publish="deploy winning adapters to the service running this config and publish the new map")
@@ -142,6 +146,8 @@ def cmd_train(args) -> int:
             raise CliError(f"--queries takes a number or a query file; {args.queries!r} is neither")
     if args.publish and args.no_gate:
         raise CliError("--publish needs the gate (drop --no-gate)")
+    if args.publish and args.dry_run:
+        raise CliError("--dry-run trains nothing, so there is nothing to --publish")
     from cluster.local import resolve_state_dir
     from cluster.ray_connect import connect_ray
     from deployments.ticket_store import TicketStore
@@ -156,7 +162,9 @@ def cmd_train(args) -> int:
 
         counts = Counter(r["verdict"] for r in feedback_rows)
         print(f"operator feedback from {store}: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
-              + " (edits: Planner targets and pairs; rejects: negatives; all: Scorer rows)")
+              + " (edits: Planner targets and pairs; rejects: negatives; all: Scorer rows)", file=sys.stderr)
+    if args.dry_run:
+        return _print_plan(cfg, args.expert, opts, feedback_rows)
     if args.publish:
         from cluster.publish import ServicePublisher
 
@@ -172,6 +180,19 @@ def cmd_train(args) -> int:
     _print(report)
     failed = [n for n, o in report.outcomes.items() if not o["ok"]]
     return 1 if failed else 0
+
+
+def _print_plan(cfg, experts, opts, feedback_rows) -> int:
+    import json
+
+    from training.coevolve import TrainingError, describe_jobs, plan_jobs
+
+    try:
+        jobs = plan_jobs(cfg, experts, opts, feedback_rows=feedback_rows, build_knowledge=False)
+    except TrainingError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps(describe_jobs(jobs), indent=2))
+    return 0
 
 
 def _print(report) -> None:

@@ -145,3 +145,47 @@ def test_a_case_and_its_approved_node_survive_a_full_restart(slim_service):
     finally:
         back = svc.post("/v1/admin/kb/rollback")
         assert back.status_code == 200 and back.json()["current"] == before["current"], back.text
+
+
+FREEZER = {"id": "e2e-case-freezer-1", "title": "Lab cold-storage freezer 7 warms to +4 C, compressor short-cycling",
+           "description": "The sample freezer in room 7 alarms every hour; its compressor starts and stops within a "
+                          "minute."}
+FREEZER_CORRECTION = ["Read freezer 7's temperature log on the building controller",
+                      "Is the condenser coil iced over? yes 3, no 4",
+                      "[change] Run a manual defrost cycle on freezer 7",
+                      "Move the samples to the spare freezer and call the refrigeration vendor",
+                      "[end] Resolved: freezer 7 holds -80 C again"]
+
+
+def test_a_rejected_then_corrected_ticket_is_in_the_training_data(service, tmp_path, capsys):
+    """ticket -> reject -> edit over HTTP; `flowrouter train --dry-run` on the service's config then trains the
+    expert that answered it on the correction over the rejected candidate (SFT target, DPO pair, RL query)."""
+    import json
+
+    import yaml
+
+    from cluster.cli import main
+    from tests.training.conftest import tiny_training
+
+    r = service.post("/v1/tickets", params={"candidates": 1}, json=FREEZER)
+    assert r.status_code == 200, r.text
+    served = r.json()
+    tid = FREEZER["id"]
+    assert service.post(f"/v1/tickets/{tid}/feedback", json={"verdict": "reject"}).status_code == 201
+    fb = service.post(f"/v1/tickets/{tid}/feedback", json={"verdict": "edit", "steps": FREEZER_CORRECTION})
+    assert fb.status_code == 201, fb.text
+
+    training = tmp_path / "training.yaml"
+    training.write_text(yaml.safe_dump(tiny_training()))
+    argv = ["train", "--expert", served["expert"], "--config", str(service.config_path), "--training", str(training),
+            "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "operator feedback from" in out.err
+    [plan] = json.loads(out.out)
+    mine = [c for c in plan["corrections"] if c["ticket_id"] == tid]
+    assert len(mine) == 1 and mine[0]["kind"] == "edit" and mine[0]["rl_query"], plan["corrections"]
+    assert "manual defrost cycle" in mine[0]["chosen"]
+    rejected_steps = [s["text"] for s in served["workflow"]["steps"] if s["kind"] != "terminal"]
+    assert rejected_steps and all(t in mine[0]["rejected"] for t in rejected_steps), (mine[0], rejected_steps)
+    assert plan["feedback_verdicts"].get("edit", 0) >= 1
