@@ -92,6 +92,15 @@ def split_cases(cases: list[WorkflowCase], part: str, seed: int = 0) -> list[Wor
     return [c for c in cases if side(c) == part]
 
 
+def sample_cases(cases: list[WorkflowCase], limit: int = 0) -> list[WorkflowCase]:
+    """A deterministic sample of `limit` cases (all when `limit` is 0 or covers them), in id order."""
+    if not limit or limit >= len(cases):
+        return list(cases)
+    import random
+
+    return sorted(random.Random(0).sample(cases, limit), key=lambda c: c.id)
+
+
 def paraphrase_query(case: WorkflowCase) -> str:
     """The case's ticket without its alert name: only what the alert means, as a user would describe it."""
     head, sep, meaning = case.query.partition(": ")

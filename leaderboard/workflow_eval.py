@@ -58,6 +58,7 @@ class CaseResult:
     knowledge: str = "no knowledge base"
     knowledge_scope: str = "unscoped"
     own_runbook_shown: bool = False
+    prompt_tokens: int = 0
     error: str | None = None
 
 
@@ -73,6 +74,7 @@ class EvalSummary:
     latency_p50_s: float
     latency_p95_s: float
     plan_p50_s: float = 0.0
+    prompt_tokens_mean: float = 0.0
     unparseable_rate: float = 0.0
     branching_rate: float = 0.0
     change_first_rate: float = 0.0
@@ -103,6 +105,16 @@ def _result_of(case: WorkflowCase, wf: Workflow, latency: float, **info) -> Case
 def cut_steps(wf: Workflow) -> int:
     """Steps whose text was cut off with an ellipsis (a truncated copy of a longer step)."""
     return sum(s.text.rstrip().endswith(("…", "...")) for s in wf.steps)
+
+
+def runbook_knowledge_dir(cfg: FlowRouterConfig, cases_dir: str | Path, progress: bool = True) -> str:
+    """The knowledge base built from a runbook folder with the config's chunking and task filing (cached)."""
+    from core.config import KnowledgeConfig
+    from experts.knowledge.build import ensure_knowledge_base
+    from router.doc_tasks import assigner_for
+
+    kcfg = KnowledgeConfig(docs=[str(cases_dir)], chunk_chars=cfg.knowledge.chunk_chars)
+    return str(ensure_knowledge_base(kcfg, progress=progress, assign_tasks=assigner_for(cfg)))
 
 
 class InProcessService:
@@ -165,7 +177,8 @@ class InProcessService:
             plan_s = time.perf_counter() - t1
             info = dict(plan_s=plan_s, expert=chosen, task=task, sampled=candidates, dropped=plan.dropped,
                         knowledge=plan.knowledge.status, knowledge_scope=plan.knowledge.scope,
-                        own_runbook_shown=any(i.source == case.source for i in plan.knowledge.items))
+                        own_runbook_shown=any(i.source == case.source for i in plan.knowledge.items),
+                        prompt_tokens=plan.prompt_tokens)
             if not plan.candidates:
                 return CaseResult(case.id, [], False, time.perf_counter() - t0, error="no candidate", **info)
             best = 0
@@ -251,6 +264,7 @@ def evaluate(cases: list[WorkflowCase], solve: Solver, setting: str, candidates:
         latency_p50_s=round(lat[len(lat) // 2], 2),
         latency_p95_s=round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 2),
         plan_p50_s=round(plan[len(plan) // 2], 2),
+        prompt_tokens_mean=round(statistics.fmean(r.prompt_tokens for r in results), 1),
         unparseable_rate=round(100 * sum(r.dropped for r in results) / sampled, 1),
         branching_rate=_pct([r.branching for r in results]),
         change_first_rate=_pct([r.change_first for r in results]),

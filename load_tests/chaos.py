@@ -214,13 +214,18 @@ class Chaos:
     def drain(self, timeout_s: float) -> dict[str, str | None]:
         final: dict[str, str | None] = {t: None for t in self.accepted}
         deadline = time.time() + timeout_s
-        while time.time() < deadline and lost_tickets(self.accepted, final):
-            for tid in lost_tickets(self.accepted, final):
+        shown, last_print = -1, 0.0
+        while time.time() < deadline and (open_ := lost_tickets(self.accepted, final)):
+            for tid in open_:
                 try:
                     r = httpx.get(f"{self.url}/v1/tickets/{tid}", headers=self.headers, timeout=10)
                 except httpx.HTTPError:
                     continue
                 final[tid] = r.json()["status"] if r.status_code == 200 else None
+            finished = len(self.accepted) - len(lost_tickets(self.accepted, final))
+            if finished != shown and time.time() - last_print >= 30:  # a drain takes minutes: show it moving
+                print(f"[{time.time() - self.t0:5.0f}s] drained {finished}/{len(self.accepted)}", flush=True)
+                shown, last_print = finished, time.time()
             time.sleep(2)
         return final
 

@@ -61,9 +61,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _cases(args):
-    import random
-
-    from leaderboard.workflow_cases import load_runbook_cases, split_cases
+    from leaderboard.workflow_cases import load_runbook_cases, sample_cases, split_cases
 
     cases_dir = Path(args.cases) if args.cases else shared_data_dir() / DEFAULT_CASES
     if not cases_dir.is_dir():
@@ -71,9 +69,7 @@ def _cases(args):
     cases = split_cases(load_runbook_cases(cases_dir), args.split)
     if not cases:
         raise CliError(f"no runbook in {cases_dir} ({args.split} split) has at least 3 reference steps")
-    if args.limit and args.limit < len(cases):
-        cases = sorted(random.Random(0).sample(cases, args.limit), key=lambda c: c.id)
-    return cases_dir, cases
+    return cases_dir, sample_cases(cases, args.limit)
 
 
 def _config(args):
@@ -86,12 +82,9 @@ def _config(args):
 def _knowledge_dir(args, cfg, cases_dir: Path) -> str:
     if args.kb:
         return args.kb
-    from core.config import KnowledgeConfig
-    from experts.knowledge.build import ensure_knowledge_base
-    from router.doc_tasks import assigner_for
+    from leaderboard.workflow_eval import runbook_knowledge_dir
 
-    kcfg = KnowledgeConfig(docs=[str(cases_dir)], chunk_chars=cfg.knowledge.chunk_chars)
-    return str(ensure_knowledge_base(kcfg, progress=True, assign_tasks=assigner_for(cfg)))
+    return runbook_knowledge_dir(cfg, cases_dir)
 
 
 def cmd_workflows(args) -> int:
