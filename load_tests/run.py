@@ -67,7 +67,8 @@ def _seconds(duration: str) -> int:
 class Service:
     """A service this run started (and will stop), or one that was already there."""
 
-    def __init__(self, url: str | None, config: str | None):
+    def __init__(self, url: str | None, config: str | None, reuse: bool = True):
+        """`reuse`: take the service on :8000 when one answers; False always starts one from `config`."""
         self.started: list[str] | None = None
         if url:
             require_loopback(url)
@@ -75,7 +76,7 @@ class Service:
                 raise SystemExit(f"no FlowRouter answers at {url}")
             self.url = url
             return
-        if healthy("http://127.0.0.1:8000"):
+        if reuse and healthy("http://127.0.0.1:8000"):
             self.url = "http://127.0.0.1:8000"
             return
         port = _free_port()

@@ -35,3 +35,34 @@ def test_counts_branching_and_grounded_answers(tmp_path, monkeypatch):
     assert result["branching"] == 2 and result["matched"] == 2 and result["count"] == 4
     assert result["stages"]["plan"]["p50_ms"] == 80.0
     assert "decision having both branches: 2/4" in bench_latency.render(result)
+
+
+def test_forced_experts_go_with_the_measured_tickets_not_the_warmup(tmp_path, monkeypatch):
+    tickets = tmp_path / "tickets.jsonl"
+    tickets.write_text("\n".join(json.dumps({"title": f"t{i}", "description": "d"}) for i in range(3)))
+    params = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        params.append(request.url.params.get("expert"))
+        return httpx.Response(200, json=_answer(len(params)))
+
+    real = httpx.Client
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real(transport=httpx.MockTransport(handler), **kw))
+    result = bench_latency.run("http://svc", count=2, candidates=1, tickets_file=tickets, forced=["a", "b"])
+    assert params == [None, "a", "b"] and result["routed"] == ["e1", "e1"]
+
+
+def test_engine_variant_puts_every_model_on_the_engine_with_its_own_state(tmp_path):
+    from core.config import load_config
+
+    path = bench_latency.engine_variant(None, "vllm", tmp_path / "v")
+    cfg = load_config(str(path))
+    assert {m.engine for m in [cfg.classifier.model, cfg.scorer.model, *cfg.experts]} == {"vllm"}
+    assert cfg.serve.state_dir == str(tmp_path / "v")
+    same = load_config(str(bench_latency.engine_variant(None, None, tmp_path / "d")))
+    assert [e.engine for e in same.experts] == [e.engine for e in load_config().experts]
+
+
+def test_speedup_is_the_other_engines_plan_p50_over_the_defaults():
+    fast, slow = {"stages": {"plan": {"p50_ms": 2000.0}}}, {"stages": {"plan": {"p50_ms": 6000.0}}}
+    assert bench_latency.speedup(fast, slow) == 3.0
