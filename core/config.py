@@ -397,6 +397,9 @@ class FloodConfig(_Strict):
                                       "(enough to fill model batches; more only queues inside the models).")
     max_waiting_tickets: int = Field(default=16, ge=0, description="Synchronous tickets waiting for a compute "
                                      "slot; past it new tickets get 429 with Retry-After.")
+    critical_reserved_slots: int = Field(default=0, ge=0, description="Compute slots only critical tickets may "
+                                         "take (of max_inflight_tickets), so one finds a slot free in a flood; "
+                                         "fewer than max_inflight_tickets.")
     max_wait_s: float = Field(default=120, gt=0, description="Longest a synchronous ticket waits for a compute slot "
                                                              "before 503 with Retry-After (it is not recorded).")
     retry_after_s: float = Field(default=5, ge=1, description="Retry-After when there is no recent throughput to "
@@ -418,6 +421,9 @@ class FloodConfig(_Strict):
         if self.heartbeat_s * 2 > self.stale_after_s:
             raise ValueError("flood.stale_after_s must be at least twice flood.heartbeat_s, or live tickets "
                              "would be taken for crashed ones")
+        if self.critical_reserved_slots >= self.max_inflight_tickets:
+            raise ValueError(f"flood.critical_reserved_slots ({self.critical_reserved_slots}) must be fewer than "
+                             f"flood.max_inflight_tickets ({self.max_inflight_tickets}): other tickets need a slot")
         return self
 
 

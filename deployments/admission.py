@@ -13,7 +13,9 @@ concurrency bounds it, and its tickets are already durable.
 Severity first: a critical ticket (severity critical, priority P1) waits ahead of every other one, and
 when the queue is full it takes the place of the newest non-critical waiter, which is refused (503,
 "shed") instead; such a waiter was never recorded, so nothing accepted is lost. A critical ticket is
-refused only when the queue is full of critical tickets.
+refused only when the queue is full of critical tickets. The last `reserved_critical` slots are for critical
+tickets only, so a critical ticket finds a slot free instead of waiting for one to turn over; inside the model
+replicas its calls then go ahead of lower-severity work too (deployments/priority.py).
 
 Behind this limiter, Serve's own bounds still hold (ingress `max_ongoing_requests` /
 `max_queued_requests`, answered by the proxy as 503 + Retry-After via `backpressure_config`).
@@ -52,8 +54,12 @@ class Waiter:
 
 class AdmissionController:
     def __init__(self, max_inflight: int, max_waiting: int, max_wait_s: float, default_retry_after_s: float = 5,
-                 window_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+                 window_s: float = 60.0, clock: Callable[[], float] = time.monotonic, reserved_critical: int = 0):
+        if not 0 <= reserved_critical < max_inflight:
+            raise ValueError(f"reserved critical slots ({reserved_critical}) must be fewer than the slots "
+                             f"({max_inflight})")
         self.max_inflight, self.max_waiting, self.max_wait_s = max_inflight, max_waiting, max_wait_s
+        self.reserved_critical = reserved_critical
         self.default_retry_after_s = default_retry_after_s
         self.window_s, self.clock = window_s, clock
         self.inflight = 0
@@ -111,8 +117,16 @@ class AdmissionController:
         finally:
             self._release()
 
+    def _limit(self, critical: bool) -> int:
+        """Slots a ticket of this severity may take: all for critical ones, the unreserved for the rest."""
+        return self.max_inflight if critical else self.max_inflight - self.reserved_critical
+
+    def _critical_waiting(self) -> bool:
+        return any(w.critical and not w.future.done() for w in self._queue)
+
     async def _acquire(self, bounded: bool, critical: bool = False) -> None:
-        if self.inflight < self.max_inflight and self.waiting_all == 0:
+        ahead = self._critical_waiting() if critical else self.waiting_all > 0
+        if self.inflight < self._limit(critical) and not ahead:
             self.inflight += 1
             return
         if bounded and self.waiting >= self.max_waiting and not (critical and self._shed_one()):
@@ -172,8 +186,13 @@ class AdmissionController:
     def _release(self) -> None:
         self._done.append(self.clock())
         while self._queue:
-            fut = self._queue.popleft().future
-            if not fut.done():
-                fut.set_result(True)  # hand the slot over; inflight stays the same
-                return
+            head = self._queue[0]
+            if head.future.done():
+                self._queue.popleft()
+                continue
+            if self.inflight > self._limit(head.critical):
+                break  # only reserved slots would be left: keep this one free for a critical ticket
+            self._queue.popleft()
+            head.future.set_result(True)  # hand the slot over; inflight stays the same
+            return
         self.inflight -= 1

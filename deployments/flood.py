@@ -80,7 +80,8 @@ class FloodGate:
         self.cache = ResultCache(f.cache_max_entries, f.cache_ttl_s)
         self.flights = SingleFlight()
         self.admission = AdmissionController(f.max_inflight_tickets, f.max_waiting_tickets, f.max_wait_s,
-                                             f.retry_after_s, window_s=f.stats_window_s)
+                                             f.retry_after_s, window_s=f.stats_window_s,
+                                             reserved_critical=f.critical_reserved_slots)
         self.metrics = FloodMetrics(f.stats_window_s)
         self.worker = DurableWorker(store, self._run_queued, concurrency=f.async_workers,
                                     poll_interval_s=f.poll_interval_s, heartbeat_s=f.heartbeat_s,

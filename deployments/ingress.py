@@ -199,7 +199,9 @@ class Ingress:
         t1 = time.perf_counter()
         timings["classify"] = (t1 - t0) * 1000
         chosen = expert or self.router.route(cls.task, task_map)
-        plan: PlanResponse = await self.planners[chosen].plan.remote(PlanRequest(
+        critical = ticket.is_critical()  # its own queues at the Planner and Scorer, served first (deployments/priority.py)
+        planner = self.planners[chosen]
+        plan: PlanResponse = await (planner.plan_critical if critical else planner.plan).remote(PlanRequest(
             ticket=text, n=n, keys=ticket.alert.keys if ticket.alert is not None else []))
         t2 = time.perf_counter()
         timings["plan"] = (t2 - t1) * 1000
@@ -209,8 +211,9 @@ class Ingress:
             raise TicketFailed(503, f"expert {chosen} produced no usable workflow "
                                     f"({plan.dropped} samples could not be closed into a valid workflow)")
         # Candidates fan out over the Scorer replicas.
+        score = self.scorer.score_critical if critical else self.scorer.score
         scored: list[ScoreResponse] = await asyncio.gather(*[
-            self.scorer.score.remote(ScoreRequest(ticket=text, workflow=c.workflow, context=plan.scoring))
+            score.remote(ScoreRequest(ticket=text, workflow=c.workflow, context=plan.scoring))
             for c in plan.candidates])
         timings["score"] = (time.perf_counter() - t2) * 1000
         # Model compute on the critical path (the rest of `total` is serving overhead and queueing).

@@ -12,6 +12,7 @@ from ray import serve
 from core.config import CaseMemoryConfig, ModelSpec, PlannerConfig
 from core.embeddings import shared_embedder
 from core.schemas import PlanRequest, PlanResponse, PlanTimings
+from deployments.priority import PriorityGate
 from experts.engines.registry import build_engine
 from experts.knowledge.cases import CaseIndex, CaseStore
 from experts.knowledge.retrieve import KnowledgeBase
@@ -49,12 +50,23 @@ class PlannerDeployment:
         grammars = getattr(self.planner.engine, "grammars", None)
         if grammars is not None:
             grammars.compile(self.planner.grammar)
-        self.plan.set_max_batch_size(self.spec.max_batch_size)
-        self.plan.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
+        self.gate = PriorityGate()
+        for method in (self.plan, self.plan_critical):
+            method.set_max_batch_size(self.spec.max_batch_size)
+            method.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
 
     @serve.batch
     async def plan(self, requests: list[PlanRequest]) -> list[PlanResponse]:
-        return await asyncio.to_thread(self._plan, [PlanRequest.model_validate(r) for r in requests])
+        return await asyncio.to_thread(self._plan_gated, [PlanRequest.model_validate(r) for r in requests], False)
+
+    @serve.batch
+    async def plan_critical(self, requests: list[PlanRequest]) -> list[PlanResponse]:
+        """`plan` for critical tickets: a queue of their own, and the model next when it frees."""
+        return await asyncio.to_thread(self._plan_gated, [PlanRequest.model_validate(r) for r in requests], True)
+
+    def _plan_gated(self, requests: list[PlanRequest], critical: bool) -> list[PlanResponse]:
+        with self.gate.hold(critical):
+            return self._plan(requests)
 
     def _plan(self, requests: list[PlanRequest]) -> list[PlanResponse]:
         if self.kb is not None and self.kb.reload_if_changed():

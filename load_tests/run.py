@@ -31,10 +31,10 @@ PATTERNS = {
     # Users stay under the default per-address limit of open mode (auth.public_rate_per_minute: 1200).
     "storm": {"file": "locustfile_storm.py", "users": 12, "spawn_rate": 5, "duration": "180s"},
     "flood": {"file": "locustfile_flood.py", "users": 4, "spawn_rate": 4, "duration": "240s"},
-    # The mixed run times itself: an idle phase of unknown length, then --duration of flood; Locust's -t adds
-    # `idle_budget_s` so it only caps a run that hangs.
+    # The mixed run times itself: an idle phase of unknown length, --duration of flood, then the critical tickets
+    # in flight; Locust's -t adds `idle_budget_s` (idle phase + that drain) so it only caps a run that hangs.
     "mixed": {"file": "locustfile_mixed.py", "users": 30, "spawn_rate": 10, "duration": "180s",
-              "duration_env": "FLOWROUTER_MIXED_FLOOD_S", "idle_budget_s": 600},
+              "duration_env": "FLOWROUTER_MIXED_FLOOD_S", "idle_budget_s": 1200},
 }
 
 

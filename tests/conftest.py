@@ -278,7 +278,8 @@ def service(tmp_path_factory, team_runbooks):
 SLIM_EXPERT = "smollm2-generalist"
 # Tight admission limits make 10x the sustainable rate cheap to produce on 2 cores; the short heartbeat makes
 # a crashed ingress's tickets come back in seconds (tests/deployments/test_floods_e2e.py).
-SLIM_FLOOD_LIMITS = {"max_inflight_tickets": 2, "max_waiting_tickets": 2, "max_async_backlog": 5, "async_workers": 4,
+SLIM_FLOOD_LIMITS = {"max_inflight_tickets": 2, "critical_reserved_slots": 1, "max_waiting_tickets": 2,
+                     "max_async_backlog": 5, "async_workers": 4,
                      "heartbeat_s": 2, "stale_after_s": 8, "retry_after_s": 2, "max_attempts": 8, "max_wait_s": 300}
 
 

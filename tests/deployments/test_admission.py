@@ -159,3 +159,49 @@ def test_a_critical_ticket_jumps_the_queue_without_shedding_when_there_is_room()
 
     adm, order = asyncio.run(main())
     assert order == ["first", "crit", "low-1", "low-2"] and adm.rejected["shed"] == 0
+
+
+def test_reserved_slots_keep_room_for_a_critical_ticket_in_a_flood():
+    async def main():
+        adm = AdmissionController(max_inflight=3, max_waiting=4, max_wait_s=5, reserved_critical=1)
+        release = {name: asyncio.Event() for name in ("low-1", "low-2", "low-3", "crit", "crit-2")}
+        started = []
+
+        async def job(name, critical=False):
+            async with adm.slot(critical=critical):
+                started.append(name)
+                await release[name].wait()
+
+        tasks = [asyncio.create_task(job(n)) for n in ("low-1", "low-2", "low-3")]
+        await asyncio.sleep(0.01)
+        assert started == ["low-1", "low-2"] and adm.inflight == 2 and adm.waiting == 1  # the third slot is kept
+        tasks.append(asyncio.create_task(job("crit", True)))
+        await asyncio.sleep(0.01)
+        assert started[-1] == "crit" and adm.inflight == 3  # at once, no turnover needed
+        tasks.append(asyncio.create_task(job("crit-2", True)))
+        await asyncio.sleep(0.01)
+        release["crit"].set()  # a freed reserved slot goes to the waiting critical ticket, not to low-3
+        await asyncio.sleep(0.01)
+        assert started[-1] == "crit-2" and "low-3" not in started
+        release["crit-2"].set()  # now only a reserved slot is free: low-3 still waits
+        await asyncio.sleep(0.01)
+        assert "low-3" not in started and adm.inflight == 2
+        release["low-1"].set()  # an unreserved slot frees: low-3 gets it
+        await asyncio.sleep(0.01)
+        assert started[-1] == "low-3"
+        for e in release.values():
+            e.set()
+        await asyncio.gather(*tasks)
+        return adm
+
+    adm = asyncio.run(main())
+    assert adm.inflight == 0 and adm.waiting == 0
+
+
+def test_reserving_every_slot_is_refused():
+    with pytest.raises(ValueError, match="fewer than the slots"):
+        AdmissionController(max_inflight=2, max_waiting=2, max_wait_s=5, reserved_critical=2)
+    from core.config import FloodConfig
+
+    with pytest.raises(ValueError, match="critical_reserved_slots"):
+        FloodConfig(max_inflight_tickets=2, critical_reserved_slots=2)
