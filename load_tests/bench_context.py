@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config)
     work = {"config": args.config, "cases": args.cases, "split": args.split, "limit": args.limit,
-            "candidates": args.candidates, "kb": runbook_knowledge_dir(cfg, args.cases), "progress": args.jobs == 1}
+            "candidates": args.candidates, "kb": runbook_knowledge_dir(cfg, args.cases), "progress": True}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     summaries = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
