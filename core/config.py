@@ -400,6 +400,9 @@ class FloodConfig(_Strict):
     critical_reserved_slots: int = Field(default=0, ge=0, description="Compute slots only critical tickets may "
                                          "take (of max_inflight_tickets), so one finds a slot free in a flood; "
                                          "fewer than max_inflight_tickets.")
+    critical_hold_s: float = Field(default=0, ge=0, le=600, description="While a critical ticket computes, other "
+                                   "tickets wait up to this long before each model stage so they do not compete "
+                                   "with it for the cores (0: no holding back).")
     max_wait_s: float = Field(default=120, gt=0, description="Longest a synchronous ticket waits for a compute slot "
                                                              "before 503 with Retry-After (it is not recorded).")
     retry_after_s: float = Field(default=5, ge=1, description="Retry-After when there is no recent throughput to "

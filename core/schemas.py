@@ -304,7 +304,9 @@ class TicketResult(BaseModel):
                                              "accepted or corrected (case memory), best first.")
     context_ids: list[str] = Field(description="Ids of knowledge.items (knowledge given to the Planner).")
     knowledge_version: str | None = Field(default=None, description="Knowledge-base version used.")
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float] = Field(description="Milliseconds per stage: classify, retrieve, cases, plan, "
+                                         "score, compute (model compute on the ticket's path), total; "
+                                         "held_for_critical when it waited for critical tickets to compute.")
     n_requested: int = Field(default=1, description="Candidates asked for (best-of-N).")
     n_used: int | None = Field(default=None, description="Candidates written: fewer than asked under load "
                                                          "(flood.adaptive_n).")

@@ -15,7 +15,9 @@ when the queue is full it takes the place of the newest non-critical waiter, whi
 "shed") instead; such a waiter was never recorded, so nothing accepted is lost. A critical ticket is
 refused only when the queue is full of critical tickets. The last `reserved_critical` slots are for critical
 tickets only, so a critical ticket finds a slot free instead of waiting for one to turn over; inside the model
-replicas its calls then go ahead of lower-severity work too (deployments/priority.py).
+replicas its calls then go ahead of lower-severity work too (deployments/priority.py), and while one computes,
+the other tickets hold back before each model stage (`yield_to_critical`) for up to `critical_hold_s`, so they
+do not compete with it for the cores.
 
 Behind this limiter, Serve's own bounds still hold (ingress `max_ongoing_requests` /
 `max_queued_requests`, answered by the proxy as 503 + Retry-After via `backpressure_config`).
@@ -60,6 +62,8 @@ class AdmissionController:
                              f"({max_inflight})")
         self.max_inflight, self.max_waiting, self.max_wait_s = max_inflight, max_waiting, max_wait_s
         self.reserved_critical = reserved_critical
+        self.critical_computing = 0
+        self._no_critical: asyncio.Event | None = None  # made in the event loop on first use
         self.default_retry_after_s = default_retry_after_s
         self.window_s, self.clock = window_s, clock
         self.inflight = 0
@@ -112,10 +116,34 @@ class AdmissionController:
         """Hold one compute slot for the body; refuse with Overloaded when full (bounded callers).
         A `critical` ticket waits ahead of the others and may shed a non-critical waiter."""
         await self._acquire(bounded, critical)
+        if critical:
+            self.critical_computing += 1
+            self._critical_event().clear()
         try:
             yield
         finally:
+            if critical:
+                self.critical_computing -= 1
+                if self.critical_computing == 0:
+                    self._critical_event().set()
             self._release()
+
+    def _critical_event(self) -> asyncio.Event:
+        if self._no_critical is None:
+            self._no_critical = asyncio.Event()
+            self._no_critical.set()
+        return self._no_critical
+
+    async def yield_to_critical(self, max_hold_s: float) -> float:
+        """While a critical ticket computes, wait (at most `max_hold_s`) until none does; the seconds waited."""
+        if self.critical_computing == 0 or max_hold_s <= 0:
+            return 0.0
+        t0 = self.clock()
+        try:
+            await asyncio.wait_for(self._critical_event().wait(), max_hold_s)
+        except asyncio.TimeoutError:
+            pass
+        return self.clock() - t0
 
     def _limit(self, critical: bool) -> int:
         """Slots a ticket of this severity may take: all for critical ones, the unreserved for the rest."""

@@ -193,13 +193,19 @@ class Ingress:
         task_map = task_map or await self.current_map()  # the whole request uses this snapshot
         n = n or self.cfg.planner.candidates
         timings: dict[str, float] = {}
+        # A critical ticket has queues of its own at the Planner and Scorer, served first (deployments/priority.py);
+        # the others hold back before each model stage while one computes.
+        critical = ticket.is_critical()
         t0 = time.perf_counter()
+        held = await self._yield_to_critical(critical)
+        tc = time.perf_counter()
         cls_out: ClassifyResponse = await self.classifier.classify.remote(ClassifyRequest(text=text))
         cls = cls_out.classification
         t1 = time.perf_counter()
-        timings["classify"] = (t1 - t0) * 1000
+        timings["classify"] = (t1 - tc) * 1000
         chosen = expert or self.router.route(cls.task, task_map)
-        critical = ticket.is_critical()  # its own queues at the Planner and Scorer, served first (deployments/priority.py)
+        held += await self._yield_to_critical(critical)
+        t1 = time.perf_counter()
         planner = self.planners[chosen]
         plan: PlanResponse = await (planner.plan_critical if critical else planner.plan).remote(PlanRequest(
             ticket=text, n=n, keys=ticket.alert.keys if ticket.alert is not None else []))
@@ -210,6 +216,8 @@ class Ingress:
         if not plan.candidates:
             raise TicketFailed(503, f"expert {chosen} produced no usable workflow "
                                     f"({plan.dropped} samples could not be closed into a valid workflow)")
+        held += await self._yield_to_critical(critical)
+        t2 = time.perf_counter()
         # Candidates fan out over the Scorer replicas.
         score = self.scorer.score_critical if critical else self.scorer.score
         scored: list[ScoreResponse] = await asyncio.gather(*[
@@ -225,6 +233,8 @@ class Ingress:
                       for i, (c, s) in enumerate(zip(plan.candidates, scored))]
         best = candidates[best_index([c.scores for c in candidates])]
         timings["total"] = (time.perf_counter() - t0) * 1000
+        if held:
+            timings["held_for_critical"] = held * 1000
         return TicketResult(
             ticket_id=ticket.id,
             task=cls.task,
@@ -245,6 +255,12 @@ class Ingress:
             dropped_candidates=plan.dropped,
             prompt_tokens=plan.prompt_tokens,
         )
+
+    async def _yield_to_critical(self, critical: bool) -> float:
+        """Seconds a lower-severity ticket waited before a model stage for critical tickets to finish computing."""
+        if critical:
+            return 0.0
+        return await self.flood.admission.yield_to_critical(self.cfg.flood.critical_hold_s)
 
     def precheck(self, ticket: Ticket, expert: str | None) -> None:
         """Refuse what cannot be served before anything is recorded or computed."""

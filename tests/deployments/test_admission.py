@@ -205,3 +205,29 @@ def test_reserving_every_slot_is_refused():
 
     with pytest.raises(ValueError, match="critical_reserved_slots"):
         FloodConfig(max_inflight_tickets=2, critical_reserved_slots=2)
+
+
+def test_other_tickets_hold_back_while_a_critical_one_computes_and_no_longer():
+    async def main():
+        adm = AdmissionController(max_inflight=3, max_waiting=2, max_wait_s=5, reserved_critical=1)
+        assert await adm.yield_to_critical(1.0) == 0.0  # nothing critical: no wait at all
+        release = asyncio.Event()
+
+        async def critical():
+            async with adm.slot(critical=True):
+                await release.wait()
+
+        task = asyncio.create_task(critical())
+        await asyncio.sleep(0.01)
+        assert adm.critical_computing == 1
+        capped = await adm.yield_to_critical(0.05)  # held, but never past the cap
+        assert 0.04 <= capped < 0.5
+        waiter = asyncio.create_task(adm.yield_to_critical(5.0))
+        await asyncio.sleep(0.02)
+        release.set()
+        await task
+        held = await waiter
+        assert 0.01 <= held < 1.0 and adm.critical_computing == 0  # released when the critical one finished
+        assert await adm.yield_to_critical(0.0) == 0.0
+
+    asyncio.run(main())

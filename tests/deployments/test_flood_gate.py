@@ -50,9 +50,11 @@ class Models:
 
 
 def _gate(tmp_path, models, **flood):
+    """A gate on the default config with fast timers; no reserved slots or holding back unless a test asks."""
     cfg = load_config()
-    cfg.flood = cfg.flood.model_copy(update=dict(
-        dict(poll_interval_s=0.05, heartbeat_s=0.1, stale_after_s=0.3, retry_after_s=3), **flood))
+    cfg.flood = type(cfg.flood).model_validate({**cfg.flood.model_dump(), **dict(
+        dict(poll_interval_s=0.05, heartbeat_s=0.1, stale_after_s=0.3, retry_after_s=3, critical_reserved_slots=0,
+             critical_hold_s=0), **flood)})
     store = TicketStore(tmp_path / "tickets.sqlite")
     return FloodGate(cfg, store, models.compute, models.current_map), store
 
