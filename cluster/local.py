@@ -138,13 +138,36 @@ def deploy(cfg: FlowRouterConfig, knowledge_dir: str | None, address: str | None
                                                                 cfg.serve)) + 1)
         if cfg.serve.ray_num_cpus:
             cpus = cfg.serve.ray_num_cpus
-        # address="local": always a private instance, even beside RAY_ADDRESS or a `ray start` cluster.
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace="flowrouter", log_to_driver=False,
-                 runtime_env={"env_vars": thread_env(1)})
+        start_private_ray(cpus)
     serve.start(proxy_location=cfg.serve.proxy_location,
                 http_options={"host": cfg.serve.host, "port": cfg.serve.port,
                               "request_timeout_s": cfg.serve.request_timeout_s})
     serve.run(build_app(cfg, knowledge_dir), name=cfg.serve.app_name, route_prefix="/", blocking=False)
+
+
+RAY_START_ATTEMPTS = 3
+
+
+def start_private_ray(cpus: int, attempts: int = RAY_START_ATTEMPTS) -> None:
+    """A private Ray instance for this server (address="local": never RAY_ADDRESS or a `ray start` cluster).
+
+    Ray gives its new node a fixed 30 s to register with its GCS; on a busy 2-core machine (another server
+    starting, models loading) that can pass, and `ray.init` raises. Starting again then works, so a server
+    start does not fail on it."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace="flowrouter",
+                     log_to_driver=False, runtime_env={"env_vars": thread_env(1)})
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("Ray's node did not register in time (a busy machine?); starting Ray again (%d of %d)",
+                        attempt + 1, attempts)
+            ray.shutdown()
+            time.sleep(2 * attempt)
 
 
 def run_foreground(config_path: str | None, port: int | None = None) -> int:
