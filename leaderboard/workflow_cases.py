@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -96,8 +97,6 @@ def sample_cases(cases: list[WorkflowCase], limit: int = 0) -> list[WorkflowCase
     """A deterministic sample of `limit` cases (all when `limit` is 0 or covers them), in id order."""
     if not limit or limit >= len(cases):
         return list(cases)
-    import random
-
     return sorted(random.Random(0).sample(cases, limit), key=lambda c: c.id)
 
 

@@ -19,18 +19,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.config import FlowRouterConfig, ModelSpec
+from core.config import FlowRouterConfig, KnowledgeConfig, ModelSpec
 from core.embeddings import get_embedder
 from core.schemas import PlanRequest
 from core.stepscore import step_scores
 from core.task_map import TaskMap
 from core.workflow import MermaidError, Workflow, parse_mermaid, to_mermaid
 from experts.engines.registry import build_engine
+from experts.knowledge.build import ensure_knowledge_base
 from experts.knowledge.retrieve import KnowledgeBase
 from experts.planner import Planner
 from experts.scorer import Scorer, best_index
 from leaderboard.workflow_cases import WorkflowCase
 from router.classifier import TaskClassifier
+from router.doc_tasks import assigner_for
 from router.examples import ExampleIndex, load_examples, load_tasks
 from router.routing import get_router
 
@@ -109,10 +111,6 @@ def cut_steps(wf: Workflow) -> int:
 
 def runbook_knowledge_dir(cfg: FlowRouterConfig, cases_dir: str | Path, progress: bool = True) -> str:
     """The knowledge base built from a runbook folder with the config's chunking and task filing (cached)."""
-    from core.config import KnowledgeConfig
-    from experts.knowledge.build import ensure_knowledge_base
-    from router.doc_tasks import assigner_for
-
     kcfg = KnowledgeConfig(docs=[str(cases_dir)], chunk_chars=cfg.knowledge.chunk_chars)
     return str(ensure_knowledge_base(kcfg, progress=progress, assign_tasks=assigner_for(cfg)))
 
