@@ -26,6 +26,10 @@ from experts.knowledge.markdown import humanize, plain_text, section_steps
 _DETAILS = re.compile(r"<details>.*?</details>", re.S | re.I)
 
 
+# The shared runbook set the workflow benchmarks and training default to (under ../shared/data).
+DEFAULT_CASES = "prometheus-operator-runbooks"
+
+
 class WorkflowCase(BaseModel):
     id: str = Field(description="Runbook path without extension, relative to the runbook folder.")
     query: str = Field(description="What a ticket for this alert would say: alert name and meaning.")

@@ -28,8 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from core.paths import shared_data_dir
-
-DEFAULT_CASES = "prometheus-operator-runbooks"
+from leaderboard.workflow_cases import DEFAULT_CASES
 
 
 def parse_contexts(text: str) -> list[tuple[int, int]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from core.config import FlowRouterConfig, KnowledgeConfig
 from core.paths import cache_dir, shared_data_dir
 from experts.knowledge.build import ensure_knowledge_base
-from leaderboard.workflow_cases import load_runbook_cases
+from leaderboard.workflow_cases import DEFAULT_CASES, load_runbook_cases
 from training import data as tdata
 from training.artifacts import expert_root, utc_now
 from training.gate import GateDecision, Publisher, PublishReport, decide, publish, serving_spec
@@ -29,8 +29,6 @@ from training.job import TrainJob, run_job_payload
 from training.pool import JobOutcome, run_local, run_pool
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CASES = "prometheus-operator-runbooks"
 
 
 class TrainingError(RuntimeError):

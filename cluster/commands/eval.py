@@ -7,8 +7,7 @@ from pathlib import Path
 from cluster.cli import CliError
 from core.config import ConfigError, load_config
 from core.paths import shared_data_dir
-
-DEFAULT_CASES = "prometheus-operator-runbooks"
+from leaderboard.workflow_cases import DEFAULT_CASES
 
 
 def register(sub) -> None:
